@@ -1,0 +1,187 @@
+"""The ``exmodel`` command line: a thin layer over the Python API.
+
+Errors caused by input print one line (``error: ...``) and exit with status 2; ``--debug`` shows the
+traceback instead. Ctrl-C exits with 130 and says how to resume.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from exmodel.errors import ExmodelError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Continual learning from trained models (ex-model continual learning).")
+_state = {"debug": False, "quiet": False}
+out_console = Console()
+
+
+@app.callback()
+def _main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
+          quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or per-cell lines.")) -> None:
+    _state["debug"], _state["quiet"] = debug, quiet
+
+
+def _progress():
+    from exmodel.progress import Progress
+
+    return Progress(enabled=not _state["quiet"])
+
+
+def _seeds(text: Optional[str]) -> Optional[list[int]]:
+    if text is None:
+        return None
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ExmodelError(f"--seeds expects comma-separated integers, got '{text}'") from None
+
+
+def _load(config: Optional[Path], overrides: list[str], seeds: Optional[str]):
+    from exmodel.config import load_config
+    from exmodel.defaults import default_config
+
+    cfg = load_config(config, overrides, default=None if config else default_config())
+    if (s := _seeds(seeds)) is not None:
+        cfg.seeds = s
+    return cfg
+
+
+@app.command()
+def run(config: Optional[Path] = typer.Argument(None, help="YAML config (default: embedded Split-MNIST, all strategies)."),
+        data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Dataset folder (else $EXMODEL_DATA_DIR, else embedded subsets)."),
+        seeds: Optional[str] = typer.Option(None, "--seeds", help="Comma-separated seeds, e.g. 0,1,2."),
+        out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/<config>-<timestamp>); reuse it to resume."),
+        overrides: list[str] = typer.Option([], "--set", help="Override a config key: key=value (dotted path)."),
+        cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Expert cache (default $EXMODEL_CACHE_DIR or ~/.cache/exmodel)."),
+        download: bool = typer.Option(False, "--download", help="Download missing dataset files (checksummed)."),
+        ) -> None:
+    """Run every strategy of CONFIG over every seed and write results, tables and plots."""
+    from exmodel.reporting.tables import rich_table
+    from exmodel.runner import run_experiment
+
+    cfg = _load(config, overrides, seeds)
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = out or Path("runs") / f"{cfg.name}-{stamp}"
+    with _progress() as progress:
+        results = run_experiment(cfg, out, data_dir=data_dir, cache_dir=cache_dir, download=download, progress=progress)
+    out_console.print(rich_table(results, compact=out_console.width < 140))
+    out_console.print(f"results: {out}/results.json  table: {out}/table.md  plots: {out}/*.png")
+
+
+@app.command("train-experts")
+def train_experts(config: Optional[Path] = typer.Argument(None, help="YAML config."),
+                  data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
+                  seeds: Optional[str] = typer.Option(None, "--seeds"),
+                  overrides: list[str] = typer.Option([], "--set"),
+                  cache_dir: Optional[Path] = typer.Option(None, "--cache-dir"),
+                  export: Optional[Path] = typer.Option(None, "--export", help="Also copy the bundles into this folder."),
+                  download: bool = typer.Option(False, "--download")) -> None:
+    """Train (or load from cache) the stream of experts of CONFIG for each seed."""
+    import shutil
+
+    from exmodel.data import load_dataset, resolve_data_dir
+    from exmodel.runner import experts_for
+
+    cfg = _load(config, overrides, seeds)
+    resolved = resolve_data_dir(data_dir)
+    data = load_dataset(cfg.scenario.dataset, resolved, download=download)
+    with _progress() as progress:
+        for seed in cfg.seeds:
+            _, experts, root = experts_for(cfg, data, "full" if resolved else "embedded", seed, cache_dir, progress=progress)
+            for e in experts:
+                out_console.print(f"seed {seed} expert {e.card.experience}: classes {e.card.trained_class_ids} "
+                                  f"accuracy {100 * e.card.test_accuracy:.2f}%")
+            if export:
+                dest = export / f"seed-{seed}"
+                shutil.copytree(root, dest, dirs_exist_ok=True)
+                out_console.print(f"bundles: {dest}")
+            else:
+                out_console.print(f"bundles: {root}")
+
+
+@app.command()
+def inspect(bundle: Path = typer.Argument(..., help="An expert bundle folder (card.json + weights.safetensors)."),
+            as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON.")) -> None:
+    """Validate an expert bundle and show its card."""
+    from exmodel.experts.bundle import inspect_bundle
+
+    info = inspect_bundle(bundle)
+    if as_json:
+        print(json.dumps(info, indent=2, default=str))
+        return
+    for key, value in info.items():
+        out_console.print(f"[bold]{key}[/bold]: {value}")
+
+
+@app.command()
+def report(run_dirs: list[Path] = typer.Argument(..., help="One or more run folders."),
+           out: Optional[Path] = typer.Option(None, "--out", help="Also write the merged markdown here.")) -> None:
+    """Merge the results of runs into one table."""
+    from exmodel.fileio import atomic_write_text
+    from exmodel.reporting.merge import combined_markdown, combined_rich_table, load_results
+
+    results = [load_results(d) for d in run_dirs]
+    out_console.print(combined_rich_table(results))
+    if out:
+        atomic_write_text(out, combined_markdown(results) + "\n")
+        out_console.print(f"written: {out}")
+
+
+@app.command("import-checkpoint")
+def import_checkpoint_cmd(checkpoint: Path = typer.Argument(..., help="A torch.save'd state dict."),
+                          card: Path = typer.Option(..., "--card", help="JSON file with the card fields (arch, class_ids, ...)."),
+                          out: Path = typer.Option(..., "-o", "--out", help="Bundle folder to write."),
+                          allow_pickle_checkpoint: bool = typer.Option(False, "--allow-pickle-checkpoint",
+                                                                       help="Allow reading a pickle-based checkpoint (weights_only)."),
+                          ) -> None:
+    """Convert a plain PyTorch state-dict checkpoint into a validated exmodel bundle."""
+    from exmodel.experts.bundle import save_bundle
+    from exmodel.experts.checkpoint import import_checkpoint
+
+    try:
+        fields = json.loads(card.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ExmodelError(f"{card}: cannot read card fields ({e})") from None
+    expert = import_checkpoint(checkpoint, fields, allow_pickle=allow_pickle_checkpoint)
+    save_bundle(expert, out)
+    out_console.print(f"bundle written: {out}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    try:
+        app(args=argv, standalone_mode=False)
+    except ExmodelError as e:
+        if _state["debug"]:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; run the same command with the same --out to resume", file=sys.stderr)
+        return 130
+    except Exception as e:  # click usage errors and unexpected failures
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            return e.exit_code
+        if isinstance(e, click.exceptions.Abort):
+            return 130
+        if _state["debug"]:
+            raise
+        print(f"error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""Run configuration: YAML files validated with pydantic.
+
+Every section forbids unknown keys, and a validation failure becomes one line naming the key and,
+for a misspelt key, the allowed ones (``ConfigError``). ``--set key=value`` overrides use dotted paths
+(``expert.epochs=2``, ``strategies.0.params.epochs=1``) with YAML-parsed values.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from exmodel.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ScenarioConfig(_Strict):
+    dataset: str = "mnist"
+    kind: Literal["nc", "ni", "mt", "joint"] = "nc"
+    n_experiences: int = Field(5, ge=1)
+    class_order: list[int] | None = None
+    shuffle_classes: bool = True  # seeded class order per run seed (Avalanche's Split-MNIST default)
+    first_experience_classes: int | None = None  # e.g. CORe50-NC: 10 classes first, then 5 each
+    # Seeded class-balanced subsampling (quick runs and tests); None keeps every sample.
+    train_per_class: int | None = Field(None, ge=1)
+    test_per_class: int | None = Field(None, ge=1)
+
+
+class ExpertConfig(_Strict):
+    """How the stream of experts is trained (once per seed, then cached)."""
+
+    arch: str = "lenet"
+    arch_kwargs: dict[str, Any] = Field(default_factory=dict)
+    # full: every expert has one output per class of the whole label space (as in the paper's
+    # reference code, so that parameter averaging is defined); local: only its own classes.
+    head: Literal["full", "local"] = "full"
+    epochs: int = Field(4, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+
+
+class StrategyConfig(_Strict):
+    name: str  # the name in results (e.g. "mi_ed_paper")
+    type: str | None = None  # the registered strategy (defaults to name)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def strategy_type(self) -> str:
+        return self.type or self.name
+
+
+class Reference(_Strict):
+    mean: float
+    std: float = 0.0
+    source: str = ""
+
+
+class RunConfig(_Strict):
+    name: str = "split_mnist"
+    scenario: ScenarioConfig = Field(default_factory=ScenarioConfig)
+    expert: ExpertConfig = Field(default_factory=ExpertConfig)
+    strategies: list[StrategyConfig] = Field(default_factory=list)
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    device: str = "cpu"
+    eval_batch_size: int = Field(1000, ge=1)
+    reference: dict[str, Reference] = Field(default_factory=dict)  # the paper's numbers, shown beside ours
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Allowed keys at a location of a validation error (walks nested models by field name)."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        ann = field.annotation
+        args = getattr(ann, "__args__", ())
+        current = next((a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if current is None:
+            return []
+    return list(getattr(current, "model_fields", {}))
+
+
+def format_validation_error(err: ValidationError, model: type[BaseModel], source: str) -> str:
+    e = err.errors()[0]
+    loc = tuple(e["loc"])
+    key = ".".join(str(p) for p in loc)
+    if e["type"] == "extra_forbidden":
+        allowed = _fields_at(model, loc)
+        return f"{source}: unknown key '{key}'; allowed: {', '.join(allowed)}"
+    return f"{source}: {key}: {e['msg']}"
+
+
+def set_path(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node: Any = tree
+    for i, p in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            node = node[int(p)]
+        else:
+            node = node.setdefault(p, {} if not parts[i + 1].isdigit() else [])
+    last = parts[-1]
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
+    out = []
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got '{item}'")
+        key, raw = item.split("=", 1)
+        out.append((key.strip(), yaml.safe_load(raw)))
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                default: dict | None = None) -> RunConfig:
+    """Read a YAML config (or ``default`` when no path), apply ``--set`` overrides, validate."""
+    source = str(path) if path else "default config"
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            tree = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{p}: expected a mapping at the top level")
+        tree.setdefault("name", p.stem)
+    else:
+        tree = dict(default or {})
+    for key, value in parse_overrides(overrides or []):
+        try:
+            set_path(tree, key, value)
+        except (IndexError, ValueError, TypeError):
+            raise ConfigError(f"--set {key}: no such entry in {source}") from None
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, RunConfig, source)) from None

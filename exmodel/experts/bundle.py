@@ -1,0 +1,296 @@
+"""Expert bundles: a directory holding ``weights.safetensors`` and ``card.json``.
+
+Bundles are how experts travel between people, so loading one treats it as untrusted input:
+
+* nothing is ever unpickled (safetensors is a flat tensor container; a pickle or ``torch.save`` file
+  handed over as a bundle is recognised by its first bytes and refused);
+* the weights are read once, and the same bytes are parsed and hashed: the SHA-256 must equal the
+  card's ``weights_sha256``;
+* the tensors must be exactly the ones ``build_model(card.arch, **card.arch_kwargs)`` has (names,
+  shapes, dtypes), all finite, and the network's head must have one output per ``card.class_ids``.
+
+Each failure is a one-line :class:`~exmodel.errors.BundleError` naming the bundle. Saving writes both
+files into a temporary directory next to the target and renames it into place, so a crash never
+leaves a half-written bundle under the final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+from torch import nn
+
+from exmodel.errors import BundleError, ExmodelError
+from exmodel.experts.card import ExpertCard
+from exmodel.experts.expert import Expert
+from exmodel.fileio import atomic_replace_dir, atomic_write_bytes, atomic_write_text, sha256_bytes
+
+WEIGHTS_FILE = "weights.safetensors"
+CARD_FILE = "card.json"
+BUNDLE_FILES = (WEIGHTS_FILE, CARD_FILE)
+
+_PICKLE_PROTOCOL_BYTE = 0x80  # pickle protocol >= 2 streams start with PROTO (0x80)
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive since PyTorch 1.6
+_PICKLE_HINT = (
+    "pickles are never loaded — use `exmodel import-checkpoint` with --allow-pickle-checkpoint"
+)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+# ----------------------------------------------------------------------------------------- validation
+def _build_net(card: ExpertCard, source: str) -> nn.Module:
+    from exmodel.models import build_model  # deferred: the models package is heavy to import
+
+    try:
+        return build_model(card.arch, **card.arch_kwargs)
+    except ExmodelError as exc:
+        raise BundleError(f"{source}: card arch '{card.arch}' cannot be built: {_first_line(exc)}") from None
+    except TypeError as exc:  # a factory rejecting a value's type
+        raise BundleError(f"{source}: card arch_kwargs are invalid for '{card.arch}': {_first_line(exc)}") from None
+
+
+def _shape(t: torch.Tensor | torch.Size) -> str:
+    dims = tuple(t.shape if isinstance(t, torch.Tensor) else t)
+    return "(" + ", ".join(map(str, dims)) + ")"
+
+
+def check_tensors(expected: Mapping[str, torch.Tensor], got: Mapping[str, torch.Tensor], arch: str,
+                  source: str) -> None:
+    """Names, shapes and dtypes of ``got`` must equal ``expected``; all floats must be finite."""
+    for name, ref in expected.items():
+        if name not in got:
+            raise BundleError(f"{source}: weights lack tensor '{name}' {_shape(ref)} that arch '{arch}' needs")
+    for name in got:
+        if name not in expected:
+            raise BundleError(f"{source}: weights hold tensor '{name}' that arch '{arch}' does not have")
+    for name, ref in expected.items():
+        t = got[name]
+        if tuple(t.shape) != tuple(ref.shape):
+            raise BundleError(
+                f"{source}: tensor '{name}' has shape {_shape(t)}, expected {_shape(ref)} for arch '{arch}'"
+            )
+        if t.dtype != ref.dtype:
+            raise BundleError(f"{source}: tensor '{name}' has dtype {t.dtype}, expected {ref.dtype}")
+    for name, t in got.items():
+        if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise BundleError(f"{source}: tensor '{name}' contains {bad} non-finite value(s) (NaN or inf)")
+
+
+def assemble_expert(card: ExpertCard, tensors: Mapping[str, torch.Tensor], source: str,
+                    map_location: str | torch.device = "cpu") -> Expert:
+    """Build ``card.arch``, check ``tensors`` against it and against the card, return the Expert.
+
+    Shared by :func:`load_bundle`, :func:`save_bundle` and
+    :func:`exmodel.experts.checkpoint.import_checkpoint`; the returned expert is in eval mode.
+    """
+    net = _build_net(card, source)
+    check_tensors(net.state_dict(), tensors, card.arch, source)
+    net.load_state_dict(dict(tensors), strict=True)
+    channels = card.input_shape[0]
+    in_channels = card.arch_kwargs.get("in_channels", getattr(net, "arch_kwargs", {}).get("in_channels"))
+    if in_channels is not None and in_channels != channels:
+        raise BundleError(f"{source}: card input_shape has C={channels} but arch_kwargs.in_channels={in_channels}")
+    net.eval()
+    # One dummy forward pass proves the card's input shape fits the network and tells the head size.
+    try:
+        with torch.no_grad():
+            out = net(torch.zeros(1, *card.input_shape), task_id=card.task_id)
+    except Exception as exc:  # noqa: BLE001  any failure here means card and network disagree
+        raise BundleError(
+            f"{source}: arch '{card.arch}' cannot run on input_shape {list(card.input_shape)}: {_first_line(exc)}"
+        ) from None
+    if out.ndim != 2 or out.shape[1] != len(card.class_ids):
+        raise BundleError(
+            f"{source}: the network's head has {out.shape[-1]} outputs but card class_ids lists "
+            f"{len(card.class_ids)} classes"
+        )
+    expert = Expert(card, net).to(map_location)
+    return expert.eval()
+
+
+# ----------------------------------------------------------------------------------------- reading
+def _explain_not_bundle(path: Path) -> BundleError:
+    if not path.exists():
+        return BundleError(f"{path}: no such bundle (expected a directory holding {WEIGHTS_FILE} and {CARD_FILE})")
+    if path.is_dir():
+        missing = [f for f in BUNDLE_FILES if not (path / f).is_file()]
+        return BundleError(f"{path}: not an exmodel bundle, {' and '.join(missing)} missing")
+    if path.name in BUNDLE_FILES:
+        return BundleError(f"{path}: pass the bundle directory {path.parent}, not a file inside it")
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(9)
+    except OSError as exc:
+        return BundleError(f"{path}: cannot read ({exc.strerror})")
+    if head[:1] == bytes([_PICKLE_PROTOCOL_BYTE]) or head[:4] == _ZIP_MAGIC:
+        return BundleError(f"{path} is a pickle/torch checkpoint, not an exmodel bundle; {_PICKLE_HINT}")
+    # safetensors files start with an 8-byte little-endian header length, then the JSON header '{'.
+    if len(head) == 9 and head[8:9] == b"{":
+        return BundleError(
+            f"{path} is a bare safetensors file, not an exmodel bundle (a directory holding "
+            f"{WEIGHTS_FILE} and {CARD_FILE})"
+        )
+    return BundleError(f"{path} is a file, not an exmodel bundle (a directory holding {WEIGHTS_FILE} and {CARD_FILE})")
+
+
+def _bundle_dir(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if not (path.is_dir() and all((path / f).is_file() for f in BUNDLE_FILES)):
+        raise _explain_not_bundle(path)
+    return path
+
+
+def load_card(path: str | os.PathLike) -> ExpertCard:
+    """Read and validate only the card of a bundle (no weights are read)."""
+    path = Path(path)
+    if path.is_file() and path.name == CARD_FILE:
+        return ExpertCard.from_json_file(path)
+    return ExpertCard.from_json_file(_bundle_dir(path) / CARD_FILE)
+
+
+def _parse_weights(raw: bytes, source: str) -> dict[str, torch.Tensor]:
+    if not raw:
+        raise BundleError(f"{source}: {WEIGHTS_FILE} is empty")
+    try:
+        return safetensors.torch.load(raw)
+    except Exception as exc:  # noqa: BLE001  SafetensorError and friends: corrupt input
+        raise BundleError(
+            f"{source}: {WEIGHTS_FILE} is truncated or not a valid safetensors file ({_first_line(exc)})"
+        ) from None
+
+
+def _count_tensors(raw: bytes) -> int | None:
+    """Tensor count from the safetensors header (u64 little-endian length, then a JSON object)."""
+    try:
+        (length,) = struct.unpack("<Q", raw[:8])
+        header = json.loads(raw[8 : 8 + length])
+        return sum(1 for key in header if key != "__metadata__")
+    except (struct.error, ValueError, TypeError):
+        return None
+
+
+def _read_bundle(path: str | os.PathLike) -> tuple[Path, ExpertCard, bytes]:
+    directory = _bundle_dir(path)
+    card = ExpertCard.from_json_file(directory / CARD_FILE)
+    try:
+        raw = (directory / WEIGHTS_FILE).read_bytes()
+    except OSError as exc:
+        raise BundleError(f"{directory}: cannot read {WEIGHTS_FILE} ({exc.strerror})") from None
+    return directory, card, raw
+
+
+def _verify(directory: Path, card: ExpertCard, raw: bytes, map_location: str | torch.device) -> Expert:
+    source = f"bundle {directory}"
+    tensors = _parse_weights(raw, source)
+    digest = sha256_bytes(raw)
+    if digest != card.weights_sha256:
+        expected = f"{card.weights_sha256[:12]}…" if card.weights_sha256 else "(none recorded)"
+        raise BundleError(
+            f"{source}: SHA-256 of {WEIGHTS_FILE} is {digest[:12]}…, card says {expected}; "
+            "the weights were modified or belong to another card"
+        )
+    return assemble_expert(card, tensors, source, map_location)
+
+
+def load_bundle(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Expert:
+    """Load and fully verify a bundle directory; returns an :class:`Expert` in eval mode."""
+    directory, card, raw = _read_bundle(path)
+    return _verify(directory, card, raw, map_location)
+
+
+def inspect_bundle(path: str | os.PathLike) -> dict[str, Any]:
+    """Summary for ``exmodel inspect``: card fields, sizes and whether full verification passes.
+
+    Raises only when the path is not a bundle or its card is unreadable; a weights problem is
+    reported under ``verification_error`` with ``verified = False``.
+    """
+    directory, card, raw = _read_bundle(path)
+    info: dict[str, Any] = card.model_dump(mode="json")
+    info["path"] = str(directory)
+    info["file_sizes"] = {name: (directory / name).stat().st_size for name in BUNDLE_FILES}
+    info["num_tensors"] = _count_tensors(raw)
+    info["num_parameters"] = None
+    try:
+        expert = _verify(directory, card, raw, "cpu")
+    except BundleError as exc:
+        info["verified"] = False
+        info["verification_error"] = str(exc)
+    else:
+        info["num_parameters"] = sum(p.numel() for p in expert.net.parameters())
+        info["verified"] = True
+        info["verification_error"] = None
+    return info
+
+
+# ----------------------------------------------------------------------------------------- writing
+def _state_tensors(net: nn.Module) -> dict[str, torch.Tensor]:
+    # safetensors needs contiguous CPU tensors that do not share storage, hence the clone.
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in net.state_dict().items()}
+
+
+def _check_target(target: Path) -> None:
+    """Refuse to replace anything that is not an earlier bundle (never rmtree a user's directory)."""
+    if not target.exists() and not target.is_symlink():
+        return
+    if target.is_symlink() or not target.is_dir():
+        raise BundleError(f"{target}: exists and is not a bundle directory; refusing to replace it")
+    foreign = sorted(p.name for p in target.iterdir() if p.name not in BUNDLE_FILES)
+    if foreign:
+        raise BundleError(
+            f"{target}: exists and holds files other than a bundle's ({', '.join(foreign[:3])}); refusing to replace it"
+        )
+
+
+def save_bundle(expert: Expert | tuple[nn.Module, ExpertCard], directory: str | os.PathLike) -> Path:
+    """Write ``expert`` (or a ``(net, card)`` pair) as a bundle directory and return its path.
+
+    The network is verified against its card first (same checks as :func:`load_bundle`), then the
+    card's ``weights_sha256`` is set to the hash of the written weights. The directory appears
+    atomically: both files are written into a temporary sibling directory that is then renamed.
+    """
+    if isinstance(expert, Expert):
+        net, card = expert.net, expert.card
+    else:
+        net, card = expert
+    target = Path(directory)
+    source = f"cannot save bundle {target}"
+    arch_name = getattr(net, "arch_name", None)
+    if arch_name and arch_name != card.arch:
+        raise BundleError(f"{source}: the network is a '{arch_name}' but the card says arch '{card.arch}'")
+    tensors = _state_tensors(net)
+    reference = assemble_expert(card, tensors, source)  # validates the pair before anything is written
+    built_kwargs = getattr(reference.net, "arch_kwargs", None)
+    net_kwargs = getattr(net, "arch_kwargs", None)
+    if built_kwargs is not None and net_kwargs is not None and built_kwargs != net_kwargs:
+        raise BundleError(
+            f"{source}: card arch_kwargs {card.arch_kwargs} do not rebuild the network "
+            f"(its arch_kwargs are {net_kwargs})"
+        )
+    _check_target(target)
+    raw = safetensors.torch.save(tensors, metadata={"format": "pt"})
+    digest = sha256_bytes(raw)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        atomic_write_bytes(tmp / WEIGHTS_FILE, raw)
+        atomic_write_text(tmp / CARD_FILE, card.model_copy(update={"weights_sha256": digest}).to_json())
+        atomic_replace_dir(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    card.weights_sha256 = digest  # only once the bundle on disk carries it
+    return target

@@ -1,0 +1,21 @@
+"""Write a run's reports from its ``results`` structure: JSON, CSV, markdown table, PNG plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from exmodel.fileio import atomic_write_json, atomic_write_text
+from exmodel.reporting.plots import plot_accuracy_matrices, plot_stream_accuracy
+from exmodel.reporting.tables import markdown_table, write_csv
+
+
+def write_reports(results: dict, out: Path) -> dict[str, Path]:
+    out = Path(out)
+    paths = {
+        "results.json": atomic_write_json(out / "results.json", results),
+        "results.csv": write_csv(results, out / "results.csv"),
+        "table.md": atomic_write_text(out / "table.md", markdown_table(results) + "\n"),
+        "accuracy_matrices.png": plot_accuracy_matrices(results, out / "accuracy_matrices.png"),
+        "stream_accuracy.png": plot_stream_accuracy(results, out / "stream_accuracy.png"),
+    }
+    return paths

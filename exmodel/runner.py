@@ -1,0 +1,169 @@
+"""Run an experiment: every strategy of a config, over every seed, on the same expert streams.
+
+Layout of a run directory (``--out``)::
+
+    config.yaml        the resolved config (a restart with a different config is refused)
+    environment.json   versions, git commit, seeds, machine
+    events.jsonl       what happened, one JSON object per line
+    cells/<strategy>/seed-<s>.json   one finished (strategy, seed) cell, written atomically
+    results.json, results.csv, table.md, accuracy_matrices.png, stream_accuracy.png
+
+A run that is interrupted and started again with the same ``--out`` skips the finished cells (and
+the experts, which live in the expert cache), so it ends with the same results as an uninterrupted
+run. Nothing half-written is ever read as finished: every file is written to a temporary name first.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from exmodel.config import RunConfig
+from exmodel.data import load_dataset, resolve_data_dir
+from exmodel.errors import ExmodelError
+from exmodel.evaluation import (PeakMemory, Stopwatch, average_accuracy, backward_transfer, confusion_matrix, count_macs,
+                                evaluate_predictor, forgetting, state_bytes, stream_accuracy)
+from exmodel.experts.zoo import expert_stream
+from exmodel.fileio import atomic_write_json, atomic_write_text
+from exmodel.progress import Progress
+from exmodel.reporting.aggregate import aggregate
+from exmodel.reporting.records import EventLog, environment
+from exmodel.scenarios import Stream, build_stream, subsample_per_class
+from exmodel.strategies import Step, StreamInfo, build_strategy, strategy_class
+
+
+class _PredictModule(torch.nn.Module):
+    """Lets the MAC counter run a strategy's ``predict`` like a model's forward."""
+
+    def __init__(self, strategy) -> None:
+        super().__init__()
+        self.strategy = strategy
+
+    def forward(self, x, task_ids):
+        return self.strategy.predict(x, task_ids)
+
+
+def stream_info(stream: Stream) -> StreamInfo:
+    return StreamInfo(kind=stream.kind, num_classes=stream.num_classes, input_shape=stream.input_shape,
+                      mean=stream.mean, std=stream.std, task_classes=tuple(tuple(c) for c in stream.task_classes),
+                      n_experiences=len(stream))
+
+
+def run_cell(cfg: RunConfig, strategy_name: str, stream: Stream, experts: list, seed: int, *,
+             progress: Progress | None = None, log=None) -> dict:
+    """Run one strategy over one stream; returns the cell record (plain JSON types)."""
+    scfg = next(s for s in cfg.strategies if s.name == strategy_name)
+    torch.manual_seed(seed)
+    strategy = build_strategy(scfg.strategy_type, scfg.params, stream_info(stream), seed, cfg.device)
+    T = len(stream)
+    test_sets = [(e.test, e.task_id) for e in stream]
+    counts = np.array([len(e.test) for e in stream])
+    R = np.full((T, T), np.nan)
+    R_aware = np.full((T, T), np.nan)
+    clock, step_bytes = Stopwatch(), []
+    task = progress.add(f"{strategy_name} seed {seed}", total=T) if progress else None
+    with PeakMemory() as mem:
+        for exp, expert in zip(stream, experts):
+            data = exp.train if strategy.uses_data else None  # ex-model strategies never see data
+            with clock:
+                strategy.observe(Step(exp.index, exp.task_id, exp.classes), expert, data, progress=progress)
+            step_bytes.append(state_bytes(strategy.state()))
+            ev = evaluate_predictor(strategy.predict, test_sets, stream.task_classes, stream.num_classes,
+                                    cfg.eval_batch_size, cfg.device)
+            R[exp.index] = ev.correct_agnostic / counts
+            R_aware[exp.index] = ev.correct_aware / counts
+            if log:
+                log("step_done", strategy=strategy_name, seed=seed, step=exp.index, accuracy=R[exp.index].tolist(),
+                    state_bytes=step_bytes[-1])
+            if task is not None:
+                progress.advance(task)
+    if task is not None:
+        progress.remove(task)
+    x = stream[0].test.float_images(slice(0, 1)).to(cfg.device)
+    macs = count_macs(_PredictModule(strategy), (x, torch.zeros(1, dtype=torch.long, device=cfg.device)))
+    return {
+        "strategy": strategy_name, "type": scfg.strategy_type, "seed": seed, "ex_model": strategy.ex_model,
+        "accuracy_matrix": R.tolist(), "task_aware_accuracy_matrix": R_aware.tolist(),
+        "stream_accuracy": stream_accuracy(ev.correct_agnostic, counts),
+        "task_aware_stream_accuracy": stream_accuracy(ev.correct_aware, counts),
+        "average_accuracy": average_accuracy(R), "forgetting": forgetting(R), "backward_transfer": backward_transfer(R),
+        "wall_time_s": clock.seconds, "macs_per_sample": macs, "peak_memory_bytes": mem.rss_peak_after_bytes,
+        "state_bytes": max(step_bytes), "state_bytes_per_step": step_bytes,
+        "confusion_matrix": confusion_matrix(ev.predictions(), ev.targets(), stream.num_classes).tolist(),
+    }
+
+
+def stream_for(cfg: RunConfig, data, seed: int) -> Stream:
+    sc = cfg.scenario
+    if sc.train_per_class or sc.test_per_class:
+        data = subsample_per_class(data, sc.train_per_class, sc.test_per_class, seed)
+    return build_stream(data, sc.kind, sc.n_experiences, seed, class_order=sc.class_order,
+                        shuffle_classes=sc.shuffle_classes, first_experience_classes=sc.first_experience_classes,
+                        name=cfg.name)
+
+
+def experts_for(cfg: RunConfig, data, source: str, seed: int, cache_dir: Path | None, *, progress=None, log=None):
+    """The seed's stream and its experts (trained once, then read from the cache)."""
+    stream = stream_for(cfg, data, seed)
+    fingerprint = f"{cfg.scenario.dataset}:{source}:{len(data.train)}:{len(data.test)}"
+    experts, root = expert_stream(stream, cfg.scenario, cfg.expert, seed, fingerprint, cache_dir, device=cfg.device,
+                                  progress=progress, on_event=log)
+    return stream, experts, root
+
+
+def _check_out_dir(out: Path, cfg: RunConfig) -> None:
+    path = out / "config.yaml"
+    text = yaml.safe_dump(cfg.model_dump(), sort_keys=False)
+    if path.exists() and path.read_text() != text:
+        raise ExmodelError(f"{out} holds a run of a different config; use another --out to start a new run")
+    atomic_write_text(path, text)
+
+
+def run_experiment(cfg: RunConfig, out: Path, *, data_dir=None, cache_dir: Path | None = None, download: bool = False,
+                   progress: Progress | None = None) -> dict:
+    """Run (or resume) ``cfg`` into ``out``; returns the aggregated results."""
+    for s in cfg.strategies:  # fail on a bad strategy name before any training
+        strategy_class(s.strategy_type)
+    if len({s.name for s in cfg.strategies}) != len(cfg.strategies):
+        raise ExmodelError("strategy names in a config must be unique")
+    resolved = resolve_data_dir(data_dir)
+    data = load_dataset(cfg.scenario.dataset, resolved, download=download)  # fails before anything is written
+    source = "full" if resolved else "embedded"
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_out_dir(out, cfg)
+    atomic_write_json(out / "environment.json", {**environment(cfg.seeds, cfg.device),
+                                                  "data_dir": str(resolved) if resolved else None})
+    log = EventLog(out / "events.jsonl")
+    log("run_start", config=cfg.name, seeds=cfg.seeds, data_dir=str(resolved) if resolved else None)
+    cells: dict[str, dict[int, dict]] = {s.name: {} for s in cfg.strategies}
+    expert_acc: dict[int, list[float]] = {}
+    stream = None
+    for seed in cfg.seeds:
+        stream, experts, root = experts_for(cfg, data, source, seed, cache_dir, progress=progress, log=log)
+        expert_acc[seed] = [e.card.test_accuracy for e in experts]
+        log("experts_ready", seed=seed, path=str(root), own_class_accuracy=expert_acc[seed])
+        for s in cfg.strategies:
+            path = out / "cells" / s.name / f"seed-{seed}.json"
+            if path.exists():
+                cells[s.name][seed] = json.loads(path.read_text())
+                log("cell_skipped", strategy=s.name, seed=seed, reason="already finished")
+                continue
+            t0 = time.perf_counter()
+            record = run_cell(cfg, s.name, stream, experts, seed, progress=progress, log=log)
+            atomic_write_json(path, record)
+            cells[s.name][seed] = record
+            log("cell_done", strategy=s.name, seed=seed, stream_accuracy=record["stream_accuracy"],
+                seconds=round(time.perf_counter() - t0, 3))
+            if progress:
+                progress.log(f"  {s.name:<16} seed {seed}: stream accuracy {100 * record['stream_accuracy']:.2f}%")
+    results = aggregate(cfg, stream, cells, expert_acc, source)
+    from exmodel.reporting.write import write_reports
+    write_reports(results, out)
+    log("run_done", results=str(out / "results.json"))
+    return results

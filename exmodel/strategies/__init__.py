@@ -1,0 +1,7 @@
+"""Strategies: one file each. Importing this package registers them all."""
+
+from exmodel.strategies import ensemble_avg, finetune, joint, min_entropy, oracle, param_avg  # noqa: F401  (registration)
+from exmodel.strategies.base import (Step, Strategy, StreamInfo, build_strategy, list_strategies, register_strategy,
+                                     strategy_class)
+
+__all__ = ["Step", "Strategy", "StreamInfo", "build_strategy", "list_strategies", "register_strategy", "strategy_class"]

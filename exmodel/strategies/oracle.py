@@ -1,0 +1,43 @@
+"""Oracle (Carta et al. 2021, Sec. 5): the ensemble of all experts, routed by the task label.
+
+Each test sample goes to the expert of its experience, and the prediction is restricted to that
+experience's classes. It keeps every expert (state grows with the stream) and needs task labels, so
+it is not an ex-model strategy; it is the upper bound of what the experts know.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from exmodel.strategies.base import Step, Strategy, register_strategy
+
+
+@register_strategy("oracle")
+class Oracle(Strategy):
+    ex_model = False
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.experts: list = []
+        self.classes: list[tuple[int, ...]] = []
+
+    def observe(self, step: Step, expert, data, progress=None) -> None:
+        self.experts.append(expert.to(self.device).eval())
+        self.classes.append(step.classes)
+
+    @torch.no_grad()
+    def predict(self, x01: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
+        out = torch.full((len(x01), self.info.num_classes), float("-inf"), device=x01.device)
+        for t in task_ids.unique().tolist():
+            if t >= len(self.experts):  # an experience not seen yet: no expert to ask
+                continue
+            rows = (task_ids == t).nonzero().squeeze(1)
+            logits = self.experts[t].global_logits(x01[rows], fill=float("-inf"))
+            keep = torch.full_like(logits, float("-inf"))
+            cls = list(self.classes[t])
+            keep[:, cls] = logits[:, cls]
+            out[rows] = keep
+        return out
+
+    def state(self):
+        return self.experts
