@@ -117,9 +117,13 @@ def inspect(bundle: Path = typer.Argument(..., help="An expert bundle folder (ca
     info = inspect_bundle(bundle)
     if as_json:
         print(json.dumps(info, indent=2, default=str))
-        return
-    for key, value in info.items():
-        out_console.print(f"[bold]{key}[/bold]: {value}")
+    else:
+        for key, value in info.items():
+            out_console.print(f"[bold]{key}[/bold]: {value}")
+    if not info["verified"]:
+        from exmodel.errors import BundleError
+
+        raise BundleError(info["verification_error"])
 
 
 @app.command()

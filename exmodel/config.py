@@ -40,6 +40,9 @@ class ExpertConfig(_Strict):
     # full: every expert has one output per class of the whole label space (as in the paper's
     # reference code, so that parameter averaging is defined); local: only its own classes.
     head: Literal["full", "local"] = "full"
+    # All experts of a stream start from the same random initialization (as when every site fine-tunes
+    # one shared pretrained model); independent initializations otherwise.
+    shared_init: bool = False
     epochs: int = Field(4, ge=1)
     batch_size: int = Field(128, ge=1)
     lr: float = Field(1e-3, gt=0)

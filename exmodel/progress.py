@@ -19,7 +19,8 @@ class Progress(AbstractContextManager):
         self.console = Console(file=sys.stderr)
         self._bar = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                                 console=self.console, transient=True, disable=not enabled)
+                                 console=self.console, transient=True,
+                                 disable=not (enabled and self.console.is_terminal))
 
     def __enter__(self) -> "Progress":
         self._bar.start()

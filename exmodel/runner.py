@@ -27,7 +27,7 @@ from exmodel.config import RunConfig
 from exmodel.data import load_dataset, resolve_data_dir
 from exmodel.errors import ExmodelError
 from exmodel.evaluation import (PeakMemory, Stopwatch, average_accuracy, backward_transfer, confusion_matrix, count_macs,
-                                evaluate_predictor, forgetting, state_bytes, stream_accuracy)
+                                evaluate_predictor, forgetting, per_class_accuracy, state_bytes, stream_accuracy)
 from exmodel.experts.zoo import expert_stream
 from exmodel.fileio import atomic_write_json, atomic_write_text
 from exmodel.progress import Progress
@@ -92,9 +92,11 @@ def run_cell(cfg: RunConfig, strategy_name: str, stream: Stream, experts: list, 
         "stream_accuracy": stream_accuracy(ev.correct_agnostic, counts),
         "task_aware_stream_accuracy": stream_accuracy(ev.correct_aware, counts),
         "average_accuracy": average_accuracy(R), "forgetting": forgetting(R), "backward_transfer": backward_transfer(R),
-        "wall_time_s": clock.seconds, "macs_per_sample": macs, "peak_memory_bytes": mem.rss_peak_after_bytes,
+        "wall_time_s": clock.seconds, "macs_per_sample": macs, "peak_memory_bytes": mem.rss_sampled_peak_bytes,
+        "peak_memory_increase_bytes": mem.peak_increase_bytes,
         "state_bytes": max(step_bytes), "state_bytes_per_step": step_bytes,
         "confusion_matrix": confusion_matrix(ev.predictions(), ev.targets(), stream.num_classes).tolist(),
+        "per_class_accuracy": per_class_accuracy(ev.predictions(), ev.targets(), stream.num_classes).tolist(),
     }
 
 

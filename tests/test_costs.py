@@ -118,3 +118,16 @@ def test_peak_memory_sees_allocation() -> None:
     d = pm.as_dict()
     assert d["cuda_peak_bytes"] is None and d["cuda_before_bytes"] is None
     assert d["rss_peak_after_bytes"] == pm.rss_peak_after_bytes
+
+
+def test_peak_memory_sampled_increase_sees_a_temporary_allocation():
+    import time
+
+    from exmodel.evaluation.costs import PeakMemory
+
+    with PeakMemory(sample_interval_s=0.002) as pm:
+        block = torch.ones(32 * 1024 * 1024 // 4)  # 32 MiB, touched, then freed before exit
+        time.sleep(0.05)
+        del block
+    assert pm.peak_increase_bytes is not None and pm.peak_increase_bytes >= 24 * 1024 * 1024
+    assert pm.rss_sampled_peak_bytes >= pm.rss_before_bytes + pm.peak_increase_bytes - 1

@@ -139,10 +139,10 @@ def test_markdown_table_rows_and_header() -> None:
     assert "Experts' accuracy on their own classes: 99.12 ± 0.10" in lines
     assert (
         "| Strategy | Ex-model | Stream acc. (%) | Task-aware (%) | Avg. acc. (%) | Forgetting (%) | Paper (%) "
-        "| Time (s) | MACs/sample | State kept |" in lines
+        "| Time (s) | MACs/sample | Peak mem. + | State kept |" in lines
     )
-    assert "| oracle | ✗ | 99.00 ± 1.00 | – | 95.12 ± 0.49 | 0.00 ± 0.00 | 99.42 ± 0.19 | 12.3 | 0.42 M | 1.2 MB |" in lines
-    assert "| ed | ✓ | 43.23 ± 3.00 | 90.00 ± 0.00 | 60.00 ± 10.00 | 55.00 ± 5.00 | – | 301.3 | 3.20 G | 512 B |" in lines
+    assert "| oracle | ✗ | 99.00 ± 1.00 | – | 95.12 ± 0.49 | 0.00 ± 0.00 | 99.42 ± 0.19 | 12.3 | 0.42 M | – | 1.2 MB |" in lines
+    assert "| ed | ✓ | 43.23 ± 3.00 | 90.00 ± 0.00 | 60.00 ± 10.00 | 55.00 ± 5.00 | – | 301.3 | 3.20 G | – | 512 B |" in lines
     # Rows follow the order of results["strategies"].
     assert text.index("| oracle |") < text.index("| ed |")
 
@@ -152,7 +152,7 @@ def test_markdown_without_reference_has_no_paper_column() -> None:
     del results["reference"]
     text = markdown_table(results)
     assert "Paper" not in text
-    assert "| ed | ✓ | 43.23 ± 3.00 | 90.00 ± 0.00 | 60.00 ± 10.00 | 55.00 ± 5.00 | 301.3 | 3.20 G | 512 B |" in text
+    assert "| ed | ✓ | 43.23 ± 3.00 | 90.00 ± 0.00 | 60.00 ± 10.00 | 55.00 ± 5.00 | 301.3 | 3.20 G | – | 512 B |" in text
 
 
 def test_rich_table_has_markdown_cells() -> None:
@@ -162,6 +162,9 @@ def test_rich_table_has_markdown_cells() -> None:
     assert list(table.columns[2].cells) == ["99.00 ± 1.00", "43.23 ± 3.00"]
     assert list(table.columns[6].cells) == ["99.42 ± 0.19", "–"]
     assert "Experts' accuracy on their own classes: 99.12 ± 0.10" == table.caption
+    compact = rich_table(make_results(), compact=True)
+    assert [c.header for c in compact.columns] == ["Strategy", "Ex-model", "Stream acc. (%)", "Task-aware (%)",
+                                                   "Forgetting (%)", "Paper (%)", "Time (s)", "State kept"]
 
 
 def test_csv_rows_long_format() -> None:

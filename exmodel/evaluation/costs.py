@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import resource
+import threading
 import sys
 import time
 from typing import Any
@@ -157,8 +158,12 @@ class PeakMemory:
     exit; resetting is global, so nesting two meters on one device makes the outer one under-report.
     """
 
-    def __init__(self, device: str | torch.device | None = None) -> None:
+    def __init__(self, device: str | torch.device | None = None, sample_interval_s: float | None = 0.01) -> None:
         self.device: torch.device | None = torch.device(device) if device is not None else None
+        self.sample_interval_s = sample_interval_s
+        self.rss_sampled_peak_bytes: int | None = None  # the block's own peak RSS, sampled by a thread
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
         self.rss_before_bytes: int | None = None
         self.rss_peak_before_bytes = 0
         self.rss_peak_after_bytes = 0
@@ -172,8 +177,26 @@ class PeakMemory:
             return torch.device("cuda", torch.cuda.current_device())
         return None
 
+    def _sample(self) -> None:
+        while not self._stop.wait(self.sample_interval_s):
+            now = _rss_current_bytes()
+            if now is not None and now > (self.rss_sampled_peak_bytes or 0):
+                self.rss_sampled_peak_bytes = now
+
+    @property
+    def peak_increase_bytes(self) -> int | None:
+        """Sampled peak RSS during the block minus RSS on entry (the block's working memory)."""
+        if self.rss_sampled_peak_bytes is None or self.rss_before_bytes is None:
+            return None
+        return max(0, self.rss_sampled_peak_bytes - self.rss_before_bytes)
+
     def __enter__(self) -> "PeakMemory":
         self.rss_before_bytes = _rss_current_bytes()
+        self.rss_sampled_peak_bytes = self.rss_before_bytes
+        if self.sample_interval_s and self.rss_before_bytes is not None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._sample, name="exmodel-peak-memory", daemon=True)
+            self._thread.start()
         self.rss_peak_before_bytes = _rss_high_water_bytes()
         self._cuda = self._cuda_device()
         if self._cuda is not None:
@@ -183,6 +206,13 @@ class PeakMemory:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+            now = _rss_current_bytes()
+            if now is not None and now > (self.rss_sampled_peak_bytes or 0):
+                self.rss_sampled_peak_bytes = now
         if self._cuda is not None:
             torch.cuda.synchronize(self._cuda)
             self.cuda_peak_bytes = torch.cuda.max_memory_allocated(self._cuda)
@@ -193,6 +223,8 @@ class PeakMemory:
             "rss_before_bytes": self.rss_before_bytes,
             "rss_peak_before_bytes": self.rss_peak_before_bytes,
             "rss_peak_after_bytes": self.rss_peak_after_bytes,
+            "rss_sampled_peak_bytes": self.rss_sampled_peak_bytes,
+            "peak_increase_bytes": self.peak_increase_bytes,
             "cuda_before_bytes": self.cuda_before_bytes,
             "cuda_peak_bytes": self.cuda_peak_bytes,
         }

@@ -34,11 +34,13 @@ def expert_output_classes(stream: Stream, experience: Experience, head: str) -> 
 
 
 def train_expert(stream: Stream, experience: Experience, config: ExpertConfig, seed: int, *,
-                 device: str = "cpu", progress: Progress | None = None) -> Expert:
+                 init_seed: int | None = None, device: str = "cpu", progress: Progress | None = None) -> Expert:
+    """Train the expert of ``experience``; ``seed`` drives the data order, ``init_seed`` (default
+    ``seed``) the initial weights."""
     class_ids = expert_output_classes(stream, experience, config.head)
     c, h, _ = stream.input_shape
     arch_kwargs = {"in_channels": c, "input_size": h, **config.arch_kwargs, "num_classes": len(class_ids)}
-    torch.manual_seed(seed)
+    torch.manual_seed(seed if init_seed is None else init_seed)
     net = build_model(config.arch, **arch_kwargs)
     settings = FitSettings(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
                            optimizer=config.optimizer, momentum=config.momentum, weight_decay=config.weight_decay)
@@ -49,7 +51,7 @@ def train_expert(stream: Stream, experience: Experience, config: ExpertConfig, s
         num_global_classes=stream.num_classes, task_id=experience.task_id, experience=experience.index,
         scenario=stream.name, input_shape=tuple(stream.input_shape),
         normalization={"mean": list(stream.mean), "std": list(stream.std)},
-        training={"seed": seed, **settings.__dict__, "train_samples": len(experience.train)},
+        training={"seed": seed, "init_seed": seed if init_seed is None else init_seed, **settings.__dict__, "train_samples": len(experience.train)},
         test_accuracy=None, library_version=__version__, weights_sha256="",
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )

@@ -46,7 +46,9 @@ def expert_stream(stream: Stream, scenario: ScenarioConfig, expert_cfg: ExpertCo
         if (path / "card.json").is_file():
             experts.append(load_bundle(path))
             continue
-        e = train_expert(stream, exp, expert_cfg, expert_seed(seed, exp.index), device=device, progress=progress)
+        init = expert_seed(seed, 999) if expert_cfg.shared_init else None
+        e = train_expert(stream, exp, expert_cfg, expert_seed(seed, exp.index), init_seed=init, device=device,
+                         progress=progress)
         save_bundle(e, path)
         experts.append(load_bundle(path))
         if on_event:

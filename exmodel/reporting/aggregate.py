@@ -9,7 +9,7 @@ import numpy as np
 from exmodel.evaluation import mean_std
 
 SCALARS = ("stream_accuracy", "task_aware_stream_accuracy", "average_accuracy", "forgetting", "backward_transfer",
-           "wall_time_s", "macs_per_sample", "peak_memory_bytes", "state_bytes")
+           "wall_time_s", "macs_per_sample", "peak_memory_bytes", "peak_memory_increase_bytes", "state_bytes")
 MATRICES = ("accuracy_matrix", "task_aware_accuracy_matrix")
 
 
@@ -46,6 +46,9 @@ def aggregate(cfg, stream, cells: dict[str, dict[int, dict]], expert_acc: dict[i
             entry[key] = {"mean": np.nanmean(mats, axis=0) if not np.isnan(mats).all() else mats[0],
                           "per_seed": mats}
         entry["state_bytes_per_step"] = [r["state_bytes_per_step"] for r in recs]
+        # final model, task-agnostic: per-class accuracy (mean over seeds) and summed confusion matrices
+        entry["per_class_accuracy"] = np.nanmean(np.array([r["per_class_accuracy"] for r in recs], dtype=float), axis=0)
+        entry["confusion_matrix"] = np.sum([r["confusion_matrix"] for r in recs], axis=0)
         strategies[name] = entry
     per_seed_experts = [expert_acc[s] for s in seeds]
     results = {

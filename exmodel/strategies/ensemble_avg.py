@@ -7,23 +7,11 @@ from __future__ import annotations
 
 import torch
 
-from exmodel.strategies.base import Step, Strategy, register_strategy
-from exmodel.strategies.ensembles import global_probabilities
+from exmodel.strategies.base import register_strategy
+from exmodel.strategies.ensembles import ExpertEnsemble, global_probabilities
 
 
 @register_strategy("ensemble_avg")
-class EnsembleAvg(Strategy):
-    ex_model = False
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.experts: list = []
-
-    def observe(self, step: Step, expert, data, progress=None) -> None:
-        self.experts.append(expert.to(self.device).eval())
-
+class EnsembleAvg(ExpertEnsemble):
     def predict(self, x01: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
         return global_probabilities(self.experts, x01).mean(0)
-
-    def state(self):
-        return self.experts

@@ -17,7 +17,7 @@ from exmodel.training import FitSettings, fit
 class FinetuneParams(Params):
     arch: str = "lenet"
     arch_kwargs: dict = Field(default_factory=dict)
-    epochs: int = Field(2, ge=1)
+    epochs: int = Field(4, ge=1)
     batch_size: int = 128
     lr: float = 1e-3
     optimizer: str = "adam"

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from exmodel.strategies.base import Step, Strategy, register_strategy
-from exmodel.strategies.ensembles import entropy, global_probabilities
+from exmodel.strategies.base import register_strategy
+from exmodel.strategies.ensembles import ExpertEnsemble, entropy, global_probabilities
 
 
 def min_entropy_select(probs: torch.Tensor) -> torch.Tensor:
@@ -19,18 +19,6 @@ def min_entropy_select(probs: torch.Tensor) -> torch.Tensor:
 
 
 @register_strategy("min_entropy")
-class MinEntropy(Strategy):
-    ex_model = False
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.experts: list = []
-
-    def observe(self, step: Step, expert, data, progress=None) -> None:
-        self.experts.append(expert.to(self.device).eval())
-
+class MinEntropy(ExpertEnsemble):
     def predict(self, x01: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
         return min_entropy_select(global_probabilities(self.experts, x01))
-
-    def state(self):
-        return self.experts

@@ -9,22 +9,12 @@ from __future__ import annotations
 
 import torch
 
-from exmodel.strategies.base import Step, Strategy, register_strategy
+from exmodel.strategies.base import register_strategy
+from exmodel.strategies.ensembles import ExpertEnsemble
 
 
 @register_strategy("oracle")
-class Oracle(Strategy):
-    ex_model = False
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.experts: list = []
-        self.classes: list[tuple[int, ...]] = []
-
-    def observe(self, step: Step, expert, data, progress=None) -> None:
-        self.experts.append(expert.to(self.device).eval())
-        self.classes.append(step.classes)
-
+class Oracle(ExpertEnsemble):
     @torch.no_grad()
     def predict(self, x01: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
         out = torch.full((len(x01), self.info.num_classes), float("-inf"), device=x01.device)
@@ -38,6 +28,3 @@ class Oracle(Strategy):
             keep[:, cls] = logits[:, cls]
             out[rows] = keep
         return out
-
-    def state(self):
-        return self.experts
