@@ -30,6 +30,9 @@ class ScenarioConfig(_Strict):
     # Seeded class-balanced subsampling (quick runs and tests); None keeps every sample.
     train_per_class: int | None = Field(None, ge=1)
     test_per_class: int | None = Field(None, ge=1)
+    # Tuning mode: evaluate on this fraction of the training data (per class, seeded) instead of the
+    # test set, which is then never read. Hyperparameters are chosen this way.
+    validation_fraction: float | None = Field(None, gt=0, lt=1)
 
 
 class ExpertConfig(_Strict):

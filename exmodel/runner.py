@@ -33,7 +33,7 @@ from exmodel.fileio import atomic_write_json, atomic_write_text
 from exmodel.progress import Progress
 from exmodel.reporting.aggregate import aggregate
 from exmodel.reporting.records import EventLog, environment
-from exmodel.scenarios import Stream, build_stream, subsample_per_class
+from exmodel.scenarios import Stream, build_stream, subsample_per_class, validation_split
 from exmodel.strategies import Step, StreamInfo, build_strategy, strategy_class
 
 
@@ -48,18 +48,18 @@ class _PredictModule(torch.nn.Module):
         return self.strategy.predict(x, task_ids)
 
 
-def stream_info(stream: Stream) -> StreamInfo:
+def stream_info(stream: Stream, data_dir=None) -> StreamInfo:
     return StreamInfo(kind=stream.kind, num_classes=stream.num_classes, input_shape=stream.input_shape,
                       mean=stream.mean, std=stream.std, task_classes=tuple(tuple(c) for c in stream.task_classes),
-                      n_experiences=len(stream))
+                      n_experiences=len(stream), data_dir=str(data_dir) if data_dir else None)
 
 
 def run_cell(cfg: RunConfig, strategy_name: str, stream: Stream, experts: list, seed: int, *,
-             progress: Progress | None = None, log=None) -> dict:
+             data_dir=None, progress: Progress | None = None, log=None) -> dict:
     """Run one strategy over one stream; returns the cell record (plain JSON types)."""
     scfg = next(s for s in cfg.strategies if s.name == strategy_name)
     torch.manual_seed(seed)
-    strategy = build_strategy(scfg.strategy_type, scfg.params, stream_info(stream), seed, cfg.device)
+    strategy = build_strategy(scfg.strategy_type, scfg.params, stream_info(stream, data_dir), seed, cfg.device)
     T = len(stream)
     test_sets = [(e.test, e.task_id) for e in stream]
     counts = np.array([len(e.test) for e in stream])
@@ -102,6 +102,8 @@ def run_cell(cfg: RunConfig, strategy_name: str, stream: Stream, experts: list, 
 
 def stream_for(cfg: RunConfig, data, seed: int) -> Stream:
     sc = cfg.scenario
+    if sc.validation_fraction:
+        data = validation_split(data, sc.validation_fraction, seed)
     if sc.train_per_class or sc.test_per_class:
         data = subsample_per_class(data, sc.train_per_class, sc.test_per_class, seed)
     return build_stream(data, sc.kind, sc.n_experiences, seed, class_order=sc.class_order,
@@ -157,7 +159,7 @@ def run_experiment(cfg: RunConfig, out: Path, *, data_dir=None, cache_dir: Path 
                 log("cell_skipped", strategy=s.name, seed=seed, reason="already finished")
                 continue
             t0 = time.perf_counter()
-            record = run_cell(cfg, s.name, stream, experts, seed, progress=progress, log=log)
+            record = run_cell(cfg, s.name, stream, experts, seed, data_dir=resolved, progress=progress, log=log)
             atomic_write_json(path, record)
             cells[s.name][seed] = record
             log("cell_done", strategy=s.name, seed=seed, stream_accuracy=record["stream_accuracy"],

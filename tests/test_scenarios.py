@@ -72,3 +72,14 @@ def test_subsample_per_class_is_balanced_and_seeded():
     assert torch.bincount(d.test.labels).tolist() == [2] * 10
     again = subsample_per_class(toy(), 3, 2, seed=0)
     assert torch.equal(d.train.images, again.train.images)
+
+
+def test_validation_split_is_carved_from_train_only():
+    from exmodel.scenarios import validation_split
+
+    data = toy(n_per_class=10)
+    d = validation_split(data, 0.2, seed=0)
+    assert torch.bincount(d.test.labels).tolist() == [2] * 10 and torch.bincount(d.train.labels).tolist() == [8] * 10
+    train_ids = set(d.train.images[:, 0, 0, 0].tolist())
+    assert train_ids.isdisjoint(d.test.images[:, 0, 0, 0].tolist())
+    assert len(d.train) + len(d.test) == len(data.train)

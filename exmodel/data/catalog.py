@@ -44,7 +44,7 @@ class DatasetInfo:
     """
 
     name: str
-    format: Literal["idx", "cifar10", "cifar100"]
+    format: Literal["idx", "cifar10", "cifar100", "core50"]
     files: tuple[RemoteFile, ...]
     class_names: tuple[str, ...]
     mean: tuple[float, ...]
@@ -150,6 +150,24 @@ CATALOG: dict[str, DatasetInfo] = {
         mean=(0.5071, 0.4865, 0.4409),
         std=(0.2673, 0.2564, 0.2762),
         licence="see https://www.cs.toronto.edu/~kriz/cifar.html (Krizhevsky 2009)",
+    ),
+    # CORe50 128x128 release; layout, protocols and normalization in exmodel.data.core50. The md5 is the
+    # one avalanche (ContinualAI) and several other public CORe50 loaders record for this archive.
+    "core50": DatasetInfo(
+        name="core50",
+        format="core50",
+        files=(
+            RemoteFile(
+                "core50_128x128.zip",
+                "745f3373fed08d69343f1058ee559e13",
+                "http://bias.csr.unibo.it/maltoni/download/core50/core50_128x128.zip",
+            ),
+        ),
+        extracted_dir="core50_128x128",
+        class_names=tuple(f"o{i}" for i in range(1, 51)),  # the 50 objects; 5 per category, see core50.py
+        mean=(0.485, 0.456, 0.406),  # ImageNet statistics, not computed on CORe50
+        std=(0.229, 0.224, 0.225),
+        licence="see https://vlomonaco.github.io/core50/ (Lomonaco & Maltoni 2017)",
     ),
 }
 

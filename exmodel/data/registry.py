@@ -27,6 +27,7 @@ import torch
 
 from exmodel.data.catalog import CATALOG, DatasetInfo, get_info, verify_md5
 from exmodel.data.cifar import extract_archive, read_cifar_dir, required_files
+from exmodel.data.core50 import load_core50_splits
 from exmodel.data.download import download as download_file
 from exmodel.data.embedded import EMBEDDED_DATASETS, load_embedded
 from exmodel.data.idx import idx_image_pair, read_idx
@@ -111,6 +112,8 @@ def load_from_catalog(info: DatasetInfo, data_dir: Path, download: bool = False)
     """Load the dataset described by ``info`` from ``data_dir`` (uncached; any catalog entry works)."""
     if info.format == "idx":
         return _load_idx(info, data_dir, download)
+    if info.format == "core50":
+        return load_core50_splits(info, data_dir, download)
     return _load_cifar(info, data_dir, download)
 
 

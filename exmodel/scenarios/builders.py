@@ -81,6 +81,20 @@ def subsample_per_class(data: DatasetSplits, train: int | None, test: int | None
     return DatasetSplits(_per_class(data.train, train, g), _per_class(data.test, test, g))
 
 
+def validation_split(data: DatasetSplits, fraction: float, seed: int) -> DatasetSplits:
+    """Carve a class-stratified validation set out of the training data; it replaces the test set."""
+    g = torch.Generator().manual_seed(20_011 + seed)
+    train, val = [], []
+    for c in torch.unique(data.train.labels).tolist():
+        idx = (data.train.labels == c).nonzero().squeeze(1)
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        k = max(1, round(fraction * len(idx)))
+        val.append(idx[:k])
+        train.append(idx[k:])
+    return DatasetSplits(data.train.subset(torch.sort(torch.cat(train)).values),
+                         data.train.subset(torch.sort(torch.cat(val)).values))
+
+
 def build_stream(data: DatasetSplits, kind: str, n_experiences: int, seed: int, *, class_order: list[int] | None = None,
                  shuffle_classes: bool = True, first_experience_classes: int | None = None,
                  name: str | None = None) -> Stream:

@@ -39,6 +39,7 @@ class StreamInfo:
     std: tuple[float, ...]
     task_classes: tuple[tuple[int, ...], ...]
     n_experiences: int
+    data_dir: str | None = None  # where the run reads datasets (for auxiliary data); None = embedded
 
 
 @dataclass(frozen=True)

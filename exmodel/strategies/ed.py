@@ -1,0 +1,174 @@
+"""Ex-Model Distillation (Carta et al. 2021, Algorithm 1).
+
+The learner keeps one model and a fixed-size buffer. For each expert of the stream it
+
+1. asks a knowledge source for ⌊N/i⌋ samples of the expert's classes (model inversion, data impression,
+   auxiliary data; replay and noise are the upper and lower bounds) — Eq. 5;
+2. shrinks the old buffer, class-balanced, to N − ⌊N/i⌋ and adds the new samples;
+3. distils for a fixed number of SGD iterations on random (augmented) buffer mini-batches, with the
+   targets of Eq. 6-9 (previous model for old classes, expert for its classes) and the loss of
+   Eq. 10-11 (MSE + λ_CE · CE); see ``ed_losses.py``.
+
+Between experts it keeps only the model and the buffer; the previous model used for the targets is a
+temporary copy. Each knowledge source is registered twice: ``<x>_ed_paper`` with the paper's settings
+as far as the paper and its reference-code README give them, and ``<x>_ed`` with our defaults.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, create_model
+
+from exmodel.errors import ExmodelError
+from exmodel.strategies.base import Params, Step, Strategy, register_strategy
+from exmodel.strategies.buffer import Buffer, new_samples_per_step
+from exmodel.strategies.ed_losses import NORMALIZATIONS, ed_loss, ed_targets
+from exmodel.strategies.learner import Learner
+from exmodel.training import FitSettings, make_optimizer
+
+
+class EDParams(Params):
+    source_params: dict[str, Any] = Field(default_factory=dict)  # passed to the knowledge source
+    buffer_size: int = Field(5000, ge=1)  # N; the paper uses 5,000 (Sec. 5)
+    iterations: int = Field(1000, ge=1)  # n_iter distillation steps per expert
+    batch_size: int = Field(128, ge=1)
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    lambda_ce: float = 1.0  # λ_CE of Eq. 11
+    mse_weight: float = 1.0
+    normalize: str = "standardize"  # Eq. 6-7; see ed_losses.normalize_logits
+    augment: bool = True  # Sec. 4.1: synthetic images are augmented during distillation too
+    translate: float = 0.1
+    degrees: float = 10.0
+    hflip: bool = False
+    arch: str | None = None  # the ex-model's architecture; default: the first expert's
+    arch_kwargs: dict[str, Any] = Field(default_factory=dict)
+    quantize_buffer: bool = True  # keep the buffer as uint8 images (4× smaller than float32)
+
+
+def fit_input(x01: torch.Tensor, shape) -> torch.Tensor:
+    """Resize images to another (C, H, W) with the same channels (experts trained at other resolutions)."""
+    if tuple(x01.shape[1:]) == tuple(shape):
+        return x01
+    return F.interpolate(x01, size=tuple(shape[1:]), mode="bilinear", align_corners=False).clamp_(0, 1)
+
+
+class ExModelDistillation(Strategy):
+    source_name: ClassVar[str] = "model_inversion"
+    Params: ClassVar[type[Params]] = EDParams
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        from exmodel.synthesis import build_source
+
+        p = self.params
+        if p.normalize not in NORMALIZATIONS:
+            raise ExmodelError(f"{self.type_name}: normalize must be one of {', '.join(NORMALIZATIONS)}")
+        if self.info.kind == "mt":
+            raise ExmodelError(f"{self.type_name}: multi-task (MT) streams are not supported by ED yet")
+        self.source = build_source(self.source_name, p.source_params, data_dir=self.info.data_dir)
+        self.buffer = Buffer(p.buffer_size, quantize=p.quantize_buffer)
+        self.model: Learner | None = None
+        self.seen = torch.zeros(self.info.num_classes, dtype=torch.bool)
+        self.augment = None
+        if p.augment:
+            from exmodel.synthesis.augment import make_augmentation
+
+            self.augment = make_augmentation(translate=p.translate, degrees=p.degrees, hflip=p.hflip)
+
+    def _build_model(self, expert) -> Learner:
+        arch = self.params.arch or expert.card.arch
+        kwargs = dict(self.params.arch_kwargs)
+        if self.params.arch is None:  # same architecture as the expert, but the whole label space
+            kwargs = {k: v for k, v in expert.card.arch_kwargs.items() if k not in ("num_classes", "heads")}
+        torch.manual_seed(self.seed)
+        info = self.info
+        norm = expert.card.normalization  # the ex-model sees inputs like the first expert does
+        info = type(info)(**{**info.__dict__, "mean": tuple(norm.mean), "std": tuple(norm.std)})
+        return Learner(info, arch, kwargs).to(self.device)
+
+    def observe(self, step: Step, expert, data, progress=None) -> None:
+        p = self.params
+        expert = expert.to(self.device).eval()
+        if self.model is None:
+            self.model = self._build_model(expert)
+        n_new = new_samples_per_step(p.buffer_size, step.index)
+        x, y = self.source.generate(expert, n_new, self.generator, data=data, progress=progress)
+        x = fit_input(x, self.info.input_shape)
+        self.buffer.update(step.index, x, y, self.generator)
+        expert_classes = torch.zeros(self.info.num_classes, dtype=torch.bool)
+        expert_classes[list(expert.card.trained_class_ids)] = True
+        prev = copy.deepcopy(self.model).eval() if step.index > 0 else None
+        self._distill(expert, prev, self.seen.clone(), expert_classes, progress, step.index)
+        self.seen |= expert_classes
+
+    def _distill(self, expert, prev, prev_classes, expert_classes, progress, index) -> None:
+        p = self.params
+        model = self.model.train()
+        opt = make_optimizer(model.parameters(), FitSettings(lr=p.lr, optimizer=p.optimizer, momentum=p.momentum,
+                                                             weight_decay=p.weight_decay))
+        task = progress.add(f"{self.type_name} distil step {index}", total=p.iterations) if progress else None
+        n = len(self.buffer)
+        for _ in range(p.iterations):
+            idx = torch.randint(n, (min(p.batch_size, n),), generator=self.generator)
+            x = self.buffer.float_images(idx).to(self.device)
+            y = self.buffer.labels[idx].to(self.device)
+            if self.augment is not None:
+                with torch.no_grad():
+                    x = self.augment(x)
+            with torch.no_grad():
+                t_exp = expert.global_logits(fit_input(x, expert.card.input_shape), fill=float("nan"))
+                t_prev = prev(x) if prev is not None else None
+                target = ed_targets(t_prev, t_exp, y, prev_classes.to(self.device), expert_classes.to(self.device),
+                                    p.normalize)
+            loss, _, _ = ed_loss(model(x), target, y, p.lambda_ce, p.mse_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if task is not None:
+                progress.advance(task)
+        if task is not None:
+            progress.remove(task)
+        model.eval()
+
+    @torch.no_grad()
+    def predict(self, x01: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.eval()(x01)
+
+    def state(self):
+        return {"model": self.model, "buffer_images": self.buffer.images, "buffer_labels": self.buffer.labels}
+
+
+# Presets: the paper's settings and ours, per knowledge source.
+_SOURCES = {"mi": "model_inversion", "di": "data_impression", "aux": "auxiliary", "replay": "replay", "noise": "noise"}
+PAPER: dict[str, dict[str, Any]] = {k: {} for k in _SOURCES}
+DEFAULT: dict[str, dict[str, Any]] = {k: {} for k in _SOURCES}
+
+
+def _preset_params(name: str, preset: dict[str, Any]) -> type[Params]:
+    fields = {k: (EDParams.model_fields[k].annotation, v) for k, v in preset.items()}
+    return create_model(f"{name}_params", __base__=EDParams, **fields)
+
+
+def _register_all() -> None:
+    from exmodel.synthesis import source_class
+
+    for short, source in _SOURCES.items():
+        for suffix, presets in (("_paper", PAPER), ("", DEFAULT)):
+            name = f"{short}_ed{suffix}"
+            src = source_class(source)
+            cls = type(name, (ExModelDistillation,), {
+                "source_name": source, "ex_model": src.ex_model, "uses_data": src.needs_data,
+                "Params": _preset_params(name, presets[short]),
+                "__doc__": f"Ex-Model Distillation with the '{source}' knowledge source ({suffix[1:] or 'default'} settings).",
+            })
+            register_strategy(name)(cls)
+
+
+_register_all()

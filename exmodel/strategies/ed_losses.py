@@ -1,0 +1,71 @@
+"""Ex-Model Distillation targets and loss (Carta et al. 2021, Eq. 6-11), as pure functions.
+
+For a buffer sample with label y, the target logits ỹ come from the previous ex-model for classes it
+already knows (Y_prev), from the current expert for the expert's classes (Y_i), and their mean where
+both apply (Eq. 9). Both models' logits are normalized first (Eq. 6-7) so that their different scales
+do not bias the combination. Units a model does not have (an expert with a local head) carry no target
+(NaN) and are left out of the MSE. The loss is MSE(y_curr, ỹ) + λ_CE · CE(y_curr, y) (Eq. 10-11).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+NORMALIZATIONS = ("standardize", "l2", "none")
+
+
+def normalize_logits(z: torch.Tensor, mode: str = "standardize", eps: float = 1e-6) -> torch.Tensor:
+    """Per-sample normalization of logits (B, K); NaN entries (units without a value) are ignored.
+
+    * ``standardize``: (z − mean(z)) / std(z) over the sample's units (population std), so every
+      sample's logits have mean 0 and unit variance whatever the model's scale;
+    * ``l2``: (z − mean(z)) / ||z − mean(z)||₂ ;
+    * ``none``: z unchanged.
+    """
+    if mode == "none":
+        return z
+    if mode not in NORMALIZATIONS:
+        raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got '{mode}'")
+    valid = ~torch.isnan(z)
+    n = valid.sum(1, keepdim=True).clamp_min(1)
+    zz = torch.where(valid, z, torch.zeros_like(z))
+    mean = zz.sum(1, keepdim=True) / n
+    centered = torch.where(valid, z - mean, torch.zeros_like(z))
+    if mode == "standardize":
+        scale = (centered.pow(2).sum(1, keepdim=True) / n).sqrt()
+    else:
+        scale = centered.pow(2).sum(1, keepdim=True).sqrt()
+    out = centered / (scale + eps)
+    return torch.where(valid, out, torch.full_like(out, float("nan")))
+
+
+def ed_targets(prev_logits: torch.Tensor | None, expert_logits: torch.Tensor, y: torch.Tensor,
+               prev_classes: torch.Tensor, expert_classes: torch.Tensor, mode: str = "standardize") -> torch.Tensor:
+    """Eq. 9. ``prev_classes``/``expert_classes`` are boolean masks over the K global classes (Y_prev,
+    Y_i); ``expert_logits`` is (B, K) with NaN where the expert has no output unit. Samples whose label
+    belongs to neither model's classes take the expert's target (cannot happen with the buffer of
+    Algorithm 1, whose labels always come from some expert)."""
+    y_s = normalize_logits(expert_logits, mode)
+    if prev_logits is None:
+        return y_s
+    y_m = normalize_logits(prev_logits, mode)
+    in_prev = prev_classes[y].unsqueeze(1)
+    in_exp = expert_classes[y].unsqueeze(1)
+    both = torch.where(torch.isnan(y_s), y_m, 0.5 * (y_s + y_m))
+    return torch.where(in_prev & in_exp, both, torch.where(in_prev, y_m, y_s))
+
+
+def masked_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Eq. 10: squared L2 distance per sample over the units that have a target, mean over the batch."""
+    valid = ~torch.isnan(target)
+    diff = torch.where(valid, pred - torch.nan_to_num(target), torch.zeros_like(pred))
+    return diff.pow(2).sum(1).mean()
+
+
+def ed_loss(student_logits: torch.Tensor, targets: torch.Tensor, y: torch.Tensor, lambda_ce: float,
+            mse_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Eq. 11; returns (total, mse, ce)."""
+    mse = masked_mse(student_logits, targets)
+    ce = F.cross_entropy(student_logits, y)
+    return mse_weight * mse + lambda_ce * ce, mse, ce

@@ -1,0 +1,185 @@
+"""Natural-image priors (paper Sec. 4.1) and the extra regularisers of our improved configuration.
+
+Pixel-level optimisation (model inversion, data impression) finds images that the expert classifies
+with high confidence but that look like noise. These terms pull the images towards natural ones:
+
+* :func:`l2_prior` penalises large activations, ``||x||²``;
+* :func:`blur_prior` penalises high frequencies, ``||x - blur(x)||²`` with a 3×3 Gaussian blur;
+* :func:`total_variation` (an extra, not in the paper) penalises differences of neighbouring pixels;
+* :func:`bn_statistics_loss` matches the per-channel mean and standard deviation that the synthetic
+  batch produces at every BatchNorm layer with the running statistics the expert recorded on its
+  real training data (DeepInversion, Yin et al. 2020); :class:`BNStatsRecorder` collects them;
+* :func:`diversity_loss` (an extra) pushes the features of a batch apart so that the samples of one
+  class are not all the same image.
+
+All functions are pure, differentiable, and return a scalar averaged over the batch (a per-sample
+*sum* over pixels, then the mean over samples), so their size does not depend on the batch size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import TracebackType
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+# [1, 2, 1]ᵀ[1, 2, 1] / 16: the binomial approximation of a Gaussian with sigma ≈ 0.85 pixels.
+_BLUR_1D = torch.tensor([1.0, 2.0, 1.0])
+BLUR_KERNEL_3X3 = torch.outer(_BLUR_1D, _BLUR_1D) / 16.0
+
+# Added to the variance before the square root in the BN term: sqrt has an infinite gradient at 0.
+BN_STD_EPS = 1e-8
+
+
+def _check_images(x: torch.Tensor, what: str) -> None:
+    if x.ndim != 4:
+        raise ValueError(f"{what}: expected images shaped (B, C, H, W), got {tuple(x.shape)}")
+
+
+def l2_prior(x: torch.Tensor) -> torch.Tensor:
+    """Mean over samples of ``||x_i||²₂`` (sum of squares over all of a sample's values)."""
+    return x.pow(2).flatten(1).sum(1).mean()
+
+
+def gaussian_blur3x3(x: torch.Tensor) -> torch.Tensor:
+    """Blur every channel of ``x`` (B, C, H, W) separately with :data:`BLUR_KERNEL_3X3`.
+
+    Borders use *replicate* padding (the edge pixel is repeated), so a constant image is left
+    unchanged and the prior does not penalise image borders.
+    """
+    _check_images(x, "gaussian_blur3x3")
+    channels = x.shape[1]
+    kernel = BLUR_KERNEL_3X3.to(dtype=x.dtype, device=x.device).expand(channels, 1, 3, 3)
+    return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kernel, groups=channels)
+
+
+def blur_prior(x: torch.Tensor) -> torch.Tensor:
+    """Mean over samples of ``||x_i - blur(x_i)||²₂`` (paper Sec. 4.1, "Blur")."""
+    return (x - gaussian_blur3x3(x)).pow(2).flatten(1).sum(1).mean()
+
+
+def total_variation(x: torch.Tensor) -> torch.Tensor:
+    """Anisotropic total variation: per sample, the sum of ``|x[h+1, w] - x[h, w]|`` and
+    ``|x[h, w+1] - x[h, w]|`` over all channels and positions; then the mean over samples."""
+    _check_images(x, "total_variation")
+    dh = (x[:, :, 1:, :] - x[:, :, :-1, :]).abs().flatten(1).sum(1)
+    dw = (x[:, :, :, 1:] - x[:, :, :, :-1]).abs().flatten(1).sum(1)
+    return (dh + dw).mean()
+
+
+BNStat = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def bn_statistics_loss(stats: Sequence[BNStat]) -> torch.Tensor:
+    """``Σ_layers ||μ - μ_syn||² + ||σ - σ_syn||²`` with ``σ = sqrt(var)``.
+
+    ``stats`` holds one ``(mean_syn, var_syn, running_mean, running_var)`` tuple per BatchNorm layer,
+    each a per-channel vector. An empty list gives 0.
+    """
+    if not stats:
+        return torch.zeros(())
+    total = None
+    for mean_syn, var_syn, running_mean, running_var in stats:
+        std_syn = torch.sqrt(var_syn + BN_STD_EPS)
+        std_run = torch.sqrt(running_var.to(var_syn) + BN_STD_EPS)
+        term = (running_mean.to(mean_syn) - mean_syn).pow(2).sum() + (std_run - std_syn).pow(2).sum()
+        total = term if total is None else total + term
+    return total  # type: ignore[return-value]
+
+
+def batch_moments(inp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and (biased) variance of a BatchNorm input: over (N, H, W) for 4-D input,
+    (N, L) for 3-D input, and over the batch dimension for 2-D input (BatchNorm1d on features)."""
+    dims = [0] + list(range(2, inp.ndim))
+    return inp.mean(dim=dims), inp.var(dim=dims, unbiased=False)
+
+
+def batchnorm_layers(model: nn.Module) -> list[_BatchNorm]:
+    """``model.bn_layers()`` for an ExModelNet (or an Expert wrapping one), else every BatchNorm module."""
+    target = getattr(model, "net", model)
+    if hasattr(target, "bn_layers"):
+        return [m for _, m in target.bn_layers()]
+    return [m for m in model.modules() if isinstance(m, _BatchNorm)]
+
+
+class BNStatsRecorder:
+    """Forward hooks on every BatchNorm layer that record the batch statistics of its *input*.
+
+    Use as a context manager; the hooks are removed on exit::
+
+        with BNStatsRecorder(expert) as rec:
+            expert(x)
+            loss = rec.loss()          # bn_statistics_loss of the last forward pass
+
+    Only the latest forward pass is kept. Set ``rec.enabled = False`` to run forward passes that
+    must not overwrite the recorded statistics (e.g. a confidence check). Layers without running
+    statistics (``track_running_stats=False``) are skipped.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.layers = [m for m in batchnorm_layers(model) if m.running_mean is not None]
+        self.enabled = True
+        self._moments: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def _hook(self, index: int):
+        def record(_module: nn.Module, inputs: tuple[torch.Tensor, ...], _output: torch.Tensor) -> None:
+            if self.enabled:
+                self._moments[index] = batch_moments(inputs[0])
+        return record
+
+    def __enter__(self) -> "BNStatsRecorder":
+        self._handles = [layer.register_forward_hook(self._hook(i)) for i, layer in enumerate(self.layers)]
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.remove()
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def clear(self) -> None:
+        self._moments = {}
+
+    @property
+    def stats(self) -> list[BNStat]:
+        """``(mean_syn, var_syn, running_mean, running_var)`` for each layer seen in the last pass."""
+        out = []
+        for i, layer in enumerate(self.layers):
+            if i in self._moments:
+                mean, var = self._moments[i]
+                out.append((mean, var, layer.running_mean, layer.running_var))
+        return out  # type: ignore[return-value]
+
+    def loss(self) -> torch.Tensor:
+        return bn_statistics_loss(self.stats)
+
+
+def diversity_loss(features: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean pairwise cosine similarity between the feature vectors of different samples.
+
+    ``features`` is (B, D). With ``labels`` only pairs of samples with the same label count (samples
+    of different classes already differ; we want variety *within* a class). Minimising it spreads the
+    batch out in feature space. Returns 0 when there is no pair.
+    """
+    if features.ndim != 2:
+        raise ValueError(f"diversity_loss: expected features shaped (B, D), got {tuple(features.shape)}")
+    unit = F.normalize(features, dim=1)
+    sim = unit @ unit.T
+    b = features.shape[0]
+    mask = ~torch.eye(b, dtype=torch.bool, device=features.device)
+    if labels is not None:
+        mask &= labels.view(-1, 1) == labels.view(1, -1)
+    if not bool(mask.any()):
+        return features.new_zeros(())
+    return sim[mask].mean()
+
