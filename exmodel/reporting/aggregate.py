@@ -8,9 +8,9 @@ import numpy as np
 
 from exmodel.evaluation import mean_std
 
-SCALARS = ("stream_accuracy", "task_aware_stream_accuracy", "average_accuracy", "forgetting", "backward_transfer",
+SCALARS = ("stream_accuracy", "task_aware_stream_accuracy", "task_agnostic_stream_accuracy", "average_accuracy", "forgetting", "backward_transfer",
            "wall_time_s", "macs_per_sample", "peak_memory_bytes", "peak_memory_increase_bytes", "state_bytes")
-MATRICES = ("accuracy_matrix", "task_aware_accuracy_matrix")
+MATRICES = ("accuracy_matrix", "task_aware_accuracy_matrix", "task_agnostic_accuracy_matrix")
 
 
 def json_safe(x):
@@ -42,11 +42,13 @@ def aggregate(cfg, stream, cells: dict[str, dict[int, dict]], expert_acc: dict[i
         for key in SCALARS:
             entry[key] = _stat([r.get(key) for r in recs])
         for key in MATRICES:
+            if any(key not in r for r in recs):  # cells written by an older version
+                continue
             mats = np.array([[[np.nan if v is None else v for v in row] for row in r[key]] for r in recs], dtype=float)
             entry[key] = {"mean": np.nanmean(mats, axis=0) if not np.isnan(mats).all() else mats[0],
                           "per_seed": mats}
         entry["state_bytes_per_step"] = [r["state_bytes_per_step"] for r in recs]
-        # final model, task-agnostic: per-class accuracy (mean over seeds) and summed confusion matrices
+        # the final model (task-aware in MT streams): per-class accuracy (mean over seeds), summed confusion matrices
         entry["per_class_accuracy"] = np.nanmean(np.array([r["per_class_accuracy"] for r in recs], dtype=float), axis=0)
         entry["confusion_matrix"] = np.sum([r["confusion_matrix"] for r in recs], axis=0)
         strategies[name] = entry

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 from rich.table import Table
 
+from exmodel.reporting.aggregate import MATRICES
 from exmodel.errors import ExmodelError
 from exmodel.reporting.tables import (
     MISSING,
@@ -37,7 +38,7 @@ from exmodel.reporting.tables import (
 )
 
 RESULTS_FILE = "results.json"
-MATRIX_KEYS: tuple[str, ...] = ("accuracy_matrix", "task_aware_accuracy_matrix")
+MATRIX_KEYS: tuple[str, ...] = MATRICES
 # Paper column order within a dataset: Joint | NC | NI | MT; unknown kinds go last.
 KIND_ORDER = {"joint": 0, "nc": 1, "ni": 2, "mt": 3}
 KIND_LABELS = {"joint": "Joint", "nc": "NC", "ni": "NI", "mt": "MT"}

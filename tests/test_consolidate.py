@@ -1,0 +1,63 @@
+"""``exmodel consolidate``: bundles of different architectures in, one validated bundle out."""
+
+import pytest
+import torch
+
+from exmodel.cli import main
+from exmodel.experts.bundle import load_bundle, save_bundle
+from exmodel.experts.card import ExpertCard
+from exmodel.experts.expert import Expert
+from exmodel.models import build_model
+
+NAMES = [str(i) for i in range(4)]
+
+
+def make_bundle(path, arch, classes, *, names=None, shape=(1, 8, 8), mean=0.5, std=0.25, seed=0, **kw):
+    torch.manual_seed(seed)
+    net = build_model(arch, num_classes=len(classes), in_channels=shape[0], input_size=shape[1], **kw)
+    card = ExpertCard(name=path.name, arch=arch, arch_kwargs=dict(net.arch_kwargs), class_ids=classes,
+                      class_names=names or [NAMES[c] for c in classes], trained_class_ids=classes,
+                      num_global_classes=4, input_shape=shape, normalization={"mean": [mean] * shape[0],
+                                                                              "std": [std] * shape[0]})
+    save_bundle(Expert(card, net), path)
+    return path
+
+
+def test_consolidates_two_architectures_and_normalizations(tmp_path, capsys):
+    a = make_bundle(tmp_path / "a", "mlp", [0, 1], hidden=[16])
+    b = make_bundle(tmp_path / "b", "lenet", [2, 3], shape=(1, 12, 12), mean=0.1, std=0.3, seed=1)
+    out = tmp_path / "merged"
+    code = main(["--quiet", "consolidate", str(a), str(b), "--source", "noise", "--arch", "mlp", "-o", str(out),
+                 "--set", "buffer_size=40", "--set", "iterations=5", "--set", "batch_size=8",
+                 "--set", "arch_kwargs={hidden: [8]}"])
+    assert code == 0, capsys.readouterr().err
+    merged = load_bundle(out)  # validated on load
+    c = merged.card
+    assert c.arch == "mlp" and c.class_ids == [0, 1, 2, 3] and c.trained_class_ids == [0, 1, 2, 3]
+    assert c.input_shape == (1, 12, 12)  # the larger resolution; the 8×8 expert sees resized inputs
+    assert c.training["experts"] == ["a", "b"] and len(c.training["expert_sha256"]) == 2
+    assert merged(torch.rand(3, 1, 12, 12)).shape == (3, 4)
+
+
+def test_contradicting_class_names_rejected_nothing_written(tmp_path, capsys):
+    a = make_bundle(tmp_path / "a", "mlp", [0, 1], hidden=[8])
+    b = make_bundle(tmp_path / "b", "mlp", [1, 2], names=["one", "2"], hidden=[8])
+    out = tmp_path / "merged"
+    assert main(["consolidate", str(a), str(b), "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: experts disagree on class 1: '1' in a but 'one' in b"]
+    assert not out.exists()
+
+
+def test_irreconcilable_input_shapes_rejected(tmp_path, capsys):
+    a = make_bundle(tmp_path / "a", "mlp", [0, 1], hidden=[8])
+    b = make_bundle(tmp_path / "b", "mlp", [2, 3], shape=(3, 8, 8), hidden=[8])
+    assert main(["consolidate", str(a), str(b), "-o", str(tmp_path / "m")]) == 2
+    assert "different channel counts" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+
+
+def test_unknown_source(tmp_path, capsys):
+    a = make_bundle(tmp_path / "a", "mlp", [0, 1], hidden=[8])
+    assert main(["consolidate", str(a), "--source", "magic", "-o", str(tmp_path / "m")]) == 2
+    assert "unknown source 'magic'" in capsys.readouterr().err
