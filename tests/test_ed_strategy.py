@@ -75,3 +75,13 @@ def test_ed_rejects_bad_params_and_mt():
     with pytest.raises(ConfigError, match="knowledge source 'model_inversion': unknown param 'stepz'"):
         build_strategy("mi_ed", {"source_params": {"stepz": 3}}, StreamInfo("nc", 4, (1, 28, 28), (0.1,), (0.3,),
                                                                           ((0, 1), (2, 3)), 2), 0)
+
+
+def test_config_source_params_update_the_preset():
+    from exmodel.strategies import StreamInfo
+
+    info = StreamInfo("nc", 4, (1, 28, 28), (0.1,), (0.3,), ((0, 1), (2, 3)), 2)
+    s = build_strategy("mi_ed", {"source_params": {"steps": 7}}, info, 0)
+    assert s.source.params.steps == 7 and s.source.params.w_bn == 1.0 and s.source.params.relabel is True
+    paper = build_strategy("mi_ed_paper", {}, info, 0)
+    assert paper.params.buffer_size == 5000 and paper.source.params.relabel is False

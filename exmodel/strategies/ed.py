@@ -32,7 +32,7 @@ from exmodel.training import FitSettings, make_optimizer
 
 
 class EDParams(Params):
-    source_params: dict[str, Any] = Field(default_factory=dict)  # passed to the knowledge source
+    source_params: dict[str, Any] = Field(default_factory=dict)  # the knowledge source's (updates the preset's)
     buffer_size: int = Field(5000, ge=1)  # N; the paper uses 5,000 (Sec. 5)
     iterations: int = Field(1000, ge=1)  # n_iter distillation steps per expert
     batch_size: int = Field(128, ge=1)
@@ -72,7 +72,9 @@ class ExModelDistillation(Strategy):
             raise ExmodelError(f"{self.type_name}: normalize must be one of {', '.join(NORMALIZATIONS)}")
         if self.info.kind == "mt":
             raise ExmodelError(f"{self.type_name}: multi-task (MT) streams are not supported by ED yet")
-        self.source = build_source(self.source_name, p.source_params, data_dir=self.info.data_dir)
+        # ``source_params`` given in a config update the preset's instead of replacing them.
+        preset = type(self).Params.model_fields["source_params"].get_default(call_default_factory=True)
+        self.source = build_source(self.source_name, {**preset, **p.source_params}, data_dir=self.info.data_dir)
         self.buffer = Buffer(p.buffer_size, quantize=p.quantize_buffer)
         self.model: Learner | None = None
         self.seen = torch.zeros(self.info.num_classes, dtype=torch.bool)
@@ -147,8 +149,35 @@ class ExModelDistillation(Strategy):
 
 # Presets: the paper's settings and ours, per knowledge source.
 _SOURCES = {"mi": "model_inversion", "di": "data_impression", "aux": "auxiliary", "replay": "replay", "noise": "noise"}
-PAPER: dict[str, dict[str, Any]] = {k: {} for k in _SOURCES}
-DEFAULT: dict[str, dict[str, Any]] = {k: {} for k in _SOURCES}
+
+# The paper (Sec. 3-5) fixes N = 5,000, SGD, MSE + λ_CE·CE, augmentation of synthetic images during
+# generation and distillation, and the priors of Sec. 4.1 (L2, blur, BN statistics); it leaves the
+# iteration counts, learning rates and prior weights to its code. Where it is silent we use the
+# EDParams / source defaults, chosen on a validation split.
+_PAPER_COMMON: dict[str, Any] = {"buffer_size": 5000, "iterations": 1000, "optimizer": "sgd", "lr": 0.01,
+                                 "lambda_ce": 1.0, "augment": True, "quantize_buffer": False}
+PAPER: dict[str, dict[str, Any]] = {
+    "mi": {**_PAPER_COMMON, "source_params": {"steps": 200, "confidence": 0.99}},
+    # Nayak et al. 2019 use a softmax temperature of 20 for the Dirichlet targets and β ∈ {1.0, 0.1}.
+    "di": {**_PAPER_COMMON, "source_params": {"steps": 200, "temperature": 20.0, "beta": 1.0}},
+    "aux": {**_PAPER_COMMON, "source_params": {"dataset": "fashion_mnist"}},
+    "replay": {**_PAPER_COMMON},
+    "noise": {**_PAPER_COMMON},
+}
+# Ours. Measured on the validation split of embedded Split-MNIST (see README, "Ex-Model Distillation"):
+# strong BN-statistics matching and total variation make inverted digits look like digits; relabelling
+# by the expert's final prediction removes the label noise the priors cause; a 2,000-sample uint8 buffer
+# keeps the run within budget.
+_OURS_COMMON: dict[str, Any] = {"buffer_size": 2000, "iterations": 1000, "optimizer": "sgd", "lr": 0.01,
+                                "lambda_ce": 1.0, "augment": True, "quantize_buffer": True}
+_OURS_PRIORS: dict[str, Any] = {"w_bn": 1.0, "w_tv": 0.01, "steps": 100}
+DEFAULT: dict[str, dict[str, Any]] = {
+    "mi": {**_OURS_COMMON, "source_params": {**_OURS_PRIORS, "confidence": None, "relabel": True}},
+    "di": {**_OURS_COMMON, "source_params": {**_OURS_PRIORS, "temperature": 20.0, "beta": 1.0}},
+    "aux": {**_OURS_COMMON, "source_params": {"dataset": "fashion_mnist", "balance": True}},
+    "replay": {**_OURS_COMMON},
+    "noise": {**_OURS_COMMON},
+}
 
 
 def _preset_params(name: str, preset: dict[str, Any]) -> type[Params]:

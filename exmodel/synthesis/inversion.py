@@ -35,7 +35,8 @@ from exmodel.experts.expert import Expert
 from exmodel.progress import Progress
 from exmodel.synthesis.augment import make_augmentation
 from exmodel.synthesis.base import (KnowledgeSource, SourceParams, balanced_labels, check_count, expert_device,
-                                    frozen_expert, num_batches, register_source, resolve_classes, seeded_global_rng)
+                                    frozen_expert, num_batches, predict_among, register_source, resolve_classes,
+                                    seeded_global_rng)
 from exmodel.synthesis.priors import BNStatsRecorder, blur_prior, diversity_loss, l2_prior, total_variation
 
 
@@ -158,6 +159,8 @@ class InversionParams(OptimisationParams):
     confidence: float | None = Field(0.99, gt=0, le=1,
                                      description="stop a batch once every target has this probability; None: never")
     check_every: int = Field(10, ge=1, description="steps between two early-stopping checks")
+    relabel: bool = Field(False, description="label each image with the expert's final prediction among the "
+                                             "requested classes (priors can win over the target: no label noise)")
 
 
 @register_source("model_inversion")
@@ -189,5 +192,7 @@ class ModelInversion(KnowledgeSource):
 
         x01 = optimise_images(expert, n, generator, p, ce, y, stop=stop, check_every=p.check_every,
                               progress=progress, description=f"model inversion ({expert.card.name})")
+        if p.relabel:
+            y = predict_among(expert, x01, chosen)
         return x01, y
 

@@ -1,0 +1,61 @@
+"""Figure: what each knowledge source puts in the buffer (the paper's Fig. 2).
+
+    python benchmarks/buffer_samples.py --out samples.png [--data-dir ../shared/data] [--preset paper]
+
+For seed 0 of the config's expert stream, every ED strategy's knowledge source generates a few
+images per class from each expert; the figure shows one panel per source (rows: classes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default=str(ROOT / "configs" / "ed_split_mnist.yaml"))
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--preset", choices=("paper", "default"), default="default")
+    ap.add_argument("--per-class", type=int, default=8)
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from exmodel.config import load_config
+    from exmodel.data import load_dataset, resolve_data_dir
+    from exmodel.reporting.samples import plot_sample_grids
+    from exmodel.runner import experts_for
+    from exmodel.strategies import strategy_class
+    from exmodel.synthesis import build_source
+
+    cfg = load_config(args.config)
+    resolved = resolve_data_dir(args.data_dir)
+    data = load_dataset(cfg.scenario.dataset, resolved)
+    stream, experts, _ = experts_for(cfg, data, "full" if resolved else "embedded", cfg.seeds[0], None)
+    panels = {}
+    for short in ("mi", "di", "aux", "replay", "noise"):
+        name = f"{short}_ed" + ("_paper" if args.preset == "paper" else "")
+        cls = strategy_class(name)
+        params = cls.Params()
+        source = build_source(cls.source_name, params.source_params, data_dir=str(resolved) if resolved else None)
+        xs, ys = [], []
+        for exp, expert in zip(stream, experts):
+            n = args.per_class * len(exp.classes)
+            x, y = source.generate(expert, n, torch.Generator().manual_seed(0), data=exp.train)
+            xs.append(x)
+            ys.append(y)
+        panels[name] = (torch.cat(xs), torch.cat(ys))
+    plot_sample_grids(panels, args.out, per_class=args.per_class, class_names=list(stream.class_names))
+    print(f"written: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
