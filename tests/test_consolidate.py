@@ -1,6 +1,5 @@
 """``exmodel consolidate``: bundles of different architectures in, one validated bundle out."""
 
-import pytest
 import torch
 
 from exmodel.cli import main

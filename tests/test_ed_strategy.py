@@ -1,7 +1,6 @@
 """Ex-Model Distillation end to end on small real streams (embedded MNIST subsets)."""
 
 import pytest
-import torch
 
 from exmodel.config import load_config
 from exmodel.data import load_dataset

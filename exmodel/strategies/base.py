@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from exmodel.data.types import ImageDataset
 from exmodel.errors import ConfigError
 from exmodel.experts.expert import Expert
+from exmodel.params import validate_params
 
 
 class Params(BaseModel):
@@ -101,12 +102,4 @@ def strategy_class(name: str) -> type[Strategy]:
 
 def build_strategy(name: str, params: dict, info: StreamInfo, seed: int, device: str = "cpu") -> Strategy:
     cls = strategy_class(name)
-    try:
-        p = cls.Params.model_validate(params or {})
-    except ValidationError as err:
-        e = err.errors()[0]
-        key = ".".join(str(x) for x in e["loc"])
-        if e["type"] == "extra_forbidden":
-            raise ConfigError(f"strategy '{name}': unknown param '{key}'; allowed: {', '.join(cls.Params.model_fields)}") from None
-        raise ConfigError(f"strategy '{name}': param {key}: {e['msg']}") from None
-    return cls(info, p, seed, device)
+    return cls(info, validate_params(f"strategy '{name}'", cls.Params, params), seed, device)

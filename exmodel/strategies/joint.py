@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from exmodel.data.types import ImageDataset
-from exmodel.strategies.base import Step, Strategy, register_strategy
+from exmodel.strategies.base import Step, register_strategy
 from exmodel.strategies.finetune import Finetune, FinetuneParams
 from exmodel.strategies.learner import Learner
 from exmodel.training import fit

@@ -33,11 +33,12 @@ from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from exmodel.data.types import ImageDataset
 from exmodel.errors import ConfigError
 from exmodel.experts.expert import Expert
+from exmodel.params import validate_params
 from exmodel.progress import Progress
 
 
@@ -102,16 +103,7 @@ def source_class(name: str) -> type[KnowledgeSource]:
 def build_source(name: str, params: dict[str, Any] | None = None, *, data_dir: str | None = None) -> KnowledgeSource:
     """The source ``name`` with ``params`` validated against its ``Params`` (one-line ConfigError)."""
     cls = source_class(name)
-    try:
-        p = cls.Params.model_validate(params or {})
-    except ValidationError as err:
-        e = err.errors()[0]
-        key = ".".join(str(x) for x in e["loc"])
-        if e["type"] == "extra_forbidden":
-            raise ConfigError(f"knowledge source '{name}': unknown param '{key}'; "
-                              f"allowed: {', '.join(cls.Params.model_fields)}") from None
-        raise ConfigError(f"knowledge source '{name}': param {key}: {e['msg']}") from None
-    return cls(p, data_dir=data_dir)
+    return cls(validate_params(f"knowledge source '{name}'", cls.Params, params), data_dir=data_dir)
 
 
 # --------------------------------------------------------------------------------------- helpers

@@ -54,6 +54,8 @@ class OptimisationParams(SourceParams):
     batch_size: int = Field(256, ge=1, description="images optimised together")
     steps: int = Field(200, ge=1, description="Adam steps per batch (upper bound)")
     lr: float = Field(0.1, gt=0, description="Adam learning rate on the normalized pixels")
+    init_std: float = Field(1.0, gt=0, description="std of the initial Gaussian noise in normalized units "
+                                                   "(centred on the dataset mean)")
     temperature: float = Field(1.0, gt=0, description="softmax temperature τ of the target loss")
     w_l2: float = Field(1e-4, ge=0, description="weight of ||x||² (paper: L2 prior)")
     w_blur: float = Field(1e-3, ge=0, description="weight of ||x − blur(x)||² (paper: blur prior)")
@@ -99,7 +101,7 @@ def optimise_images(expert: Expert, n: int, generator: torch.Generator, p: Optim
     # Valid pixels [0, 1] in normalized units; x is kept inside after every step (projected
     # gradient descent), so the final clamp to [0, 1] changes nothing the expert was shown.
     lo, hi = (0.0 - mean) / std, (1.0 - mean) / std
-    x0 = torch.randn((n, *card.input_shape), generator=generator)
+    x0 = p.init_std * torch.randn((n, *card.input_shape), generator=generator)
     aug = make_augmentation(p.translate, p.degrees, p.hflip, kind=p.augment)
     batches = num_batches(n, p.batch_size)
     task = progress.add(description, total=batches * p.steps) if progress is not None and batches else None
