@@ -128,11 +128,17 @@ def experts_for(cfg: RunConfig, data, source: str, seed: int, cache_dir: Path | 
 
 
 def _check_out_dir(out: Path, cfg: RunConfig) -> None:
+    """A run folder holds one config. Stored configs are compared after validation, so a run made
+    before a new (defaulted) config key existed can still be resumed."""
     path = out / "config.yaml"
-    text = yaml.safe_dump(cfg.model_dump(), sort_keys=False)
-    if path.exists() and path.read_text() != text:
-        raise ExmodelError(f"{out} holds a run of a different config; use another --out to start a new run")
-    atomic_write_text(path, text)
+    if path.exists():
+        try:
+            same = RunConfig.model_validate(yaml.safe_load(path.read_text())) == cfg
+        except (yaml.YAMLError, ValueError):
+            same = False
+        if not same:
+            raise ExmodelError(f"{out} holds a run of a different config; use another --out to start a new run")
+    atomic_write_text(path, yaml.safe_dump(cfg.model_dump(), sort_keys=False))
 
 
 def run_experiment(cfg: RunConfig, out: Path, *, data_dir=None, cache_dir: Path | None = None, download: bool = False,

@@ -109,7 +109,7 @@ def plot_accuracy_matrices(
         ax.set_yticks(range(size), [str(k + 1) for k in range(size)])
         ax.set_xlabel("test experience j")
         ax.set_ylabel("after training step i")
-        ax.set_title(f"{name} ({'ex-model' if ex_model else 'uses data'})", fontsize=10)
+        ax.set_title(f"{name} ({'ex-model' if ex_model else 'not ex-model'})", fontsize=10)
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
     fig.colorbar(image, ax=axes, label="accuracy (%)", shrink=0.8)
@@ -159,7 +159,7 @@ def plot_stream_accuracy(
         steps = max(steps, mean.size)
         color = colors[k % len(colors)]
         ax.plot(x, mean * 100.0, linestyle="-" if ex_model else "--", marker="o", markersize=4,
-                color=color, label=f"{name}{'' if ex_model else ' (data)'}")
+                color=color, label=f"{name}{'' if ex_model else ' (not ex-model)'}")
         if std is not None:
             low, high = np.clip(mean - std, 0.0, 1.0), np.clip(mean + std, 0.0, 1.0)  # accuracies stay in [0, 1]
             ax.fill_between(x, low * 100.0, high * 100.0, color=color, alpha=0.15, linewidth=0)
@@ -171,6 +171,6 @@ def plot_stream_accuracy(
     ax.set_ylabel(f"mean {label} on seen experiences (%)")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
-    ax.set_title(f"{results.get('name', '')} ({results.get('scenario', '')}): solid = ex-model, dashed = uses data",
+    ax.set_title(f"{results.get('name', '')} ({results.get('scenario', '')}): solid = ex-model, dashed = not ex-model",
                  fontsize=10)
     return _save(fig, path)
