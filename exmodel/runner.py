@@ -115,7 +115,7 @@ def stream_for(cfg: RunConfig, data, seed: int) -> Stream:
         data = subsample_per_class(data, sc.train_per_class, sc.test_per_class, seed)
     return build_stream(data, sc.kind, sc.n_experiences, seed, class_order=sc.class_order,
                         shuffle_classes=sc.shuffle_classes, first_experience_classes=sc.first_experience_classes,
-                        name=cfg.name)
+                        name=cfg.name, ni_split=sc.ni_split)
 
 
 def experts_for(cfg: RunConfig, data, source: str, seed: int, cache_dir: Path | None, *, progress=None, log=None):

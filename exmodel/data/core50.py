@@ -47,7 +47,7 @@ import stat
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
@@ -112,8 +112,9 @@ class Core50Data:
 
     @property
     def dataset(self) -> ImageDataset:
-        """All images as one :class:`ImageDataset` (shares memory with this object)."""
-        return ImageDataset(self.images, self.labels, self.class_names, self.name, self.mean, self.std)
+        """All images as one :class:`ImageDataset` (shares memory with this object); its ``groups`` are
+        the sessions, so the generic NI builder can split by session (``scenario.ni_split: groups``)."""
+        return ImageDataset(self.images, self.labels, self.class_names, self.name, self.mean, self.std, self.sessions)
 
     def session_index(self, sessions: Iterable[int]) -> torch.Tensor:
         """Indices (ascending) of the images recorded in ``sessions``."""
@@ -265,18 +266,51 @@ def core50_splits(data: Core50Data) -> DatasetSplits:
     return DatasetSplits(train, data.select(data.session_index(TEST_SESSIONS)))
 
 
-def _session_pieces(data: Core50Data, session: int, pieces: int) -> list[torch.Tensor]:
-    """Cut one session into ``pieces`` runs of consecutive frames, separately for every object."""
-    parts: list[list[torch.Tensor]] = [[] for _ in range(pieces)]
-    for o in torch.unique(data.objects).tolist():
-        idx = ((data.sessions == session) & (data.objects == o)).nonzero().squeeze(1)  # sorted by frame
-        if len(idx) < pieces:
-            raise ConfigError(
-                f"cannot cut session s{session} into {pieces} pieces: object o{o} has only {len(idx)} frame(s) there"
-            )
-        for k, chunk in enumerate(torch.tensor_split(idx, pieces)):
-            parts[k].append(chunk)
-    return [torch.sort(torch.cat(p)).values for p in parts]
+def split_by_groups(
+    groups: torch.Tensor,
+    strata: torch.Tensor,
+    order: Sequence[int],
+    n_experiences: int,
+    names: tuple[str, str, str] = ("group ", "class ", "sample"),
+) -> list[torch.Tensor]:
+    """Indices (ascending) of the ``n_experiences`` blocks of a New Instances split along ``groups``.
+
+    ``order`` lists the groups to use, in stream order (samples of other groups are left out). With as
+    many experiences as groups, block ``i`` is group ``order[i]``. Fewer merge consecutive groups
+    (``np.array_split`` of ``order``). More give the first ``n % len(order)`` groups one extra cut:
+    a group is cut into runs of consecutive samples (in index order) separately for every stratum
+    (class / object), so every piece still holds every stratum. ``names`` (group prefix, stratum
+    prefix, unit) only word the error raised when a stratum has fewer samples than pieces.
+
+    Shared by :func:`core50_ni_experiences` (groups = sessions, strata = objects) and the generic
+    ``ni`` builder with ``scenario.ni_split: groups`` (groups = ``ImageDataset.groups``, strata = labels).
+    """
+    if n_experiences < 1 or not order:
+        raise ConfigError(f"a split by groups needs at least 1 experience and 1 group, got {n_experiences} "
+                          f"and {len(order)}")
+    order = [int(g) for g in order]
+    if n_experiences <= len(order):
+        merged = np.array_split(np.array(order), n_experiences)
+        return [torch.isin(groups, torch.tensor(m.tolist(), dtype=torch.int64)).nonzero().squeeze(1) for m in merged]
+    used = torch.isin(groups, torch.tensor(order, dtype=torch.int64))
+    every_stratum = torch.unique(strata[used]).tolist()
+    base, extra = divmod(n_experiences, len(order))
+    blocks: list[torch.Tensor] = []
+    group_name, stratum_name, unit = names
+    for i, g in enumerate(order):
+        pieces = base + (1 if i < extra else 0)
+        parts: list[list[torch.Tensor]] = [[] for _ in range(pieces)]
+        for st in every_stratum:
+            idx = ((groups == g) & (strata == st)).nonzero().squeeze(1)  # ascending: consecutive samples
+            if len(idx) < pieces:
+                raise ConfigError(
+                    f"cannot cut {group_name}{g} into {pieces} pieces: {stratum_name}{st} has only {len(idx)} "
+                    f"{unit}(s) there"
+                )
+            for k, chunk in enumerate(torch.tensor_split(idx, pieces)):
+                parts[k].append(chunk)
+        blocks.extend(torch.sort(torch.cat(p)).values for p in parts)
+    return blocks
 
 
 def core50_ni_experiences(
@@ -286,8 +320,8 @@ def core50_ni_experiences(
 
     ``n_experiences == 8`` is the original protocol (one session each). Fewer merges consecutive
     sessions; more gives the first ``n % 8`` sessions one extra cut, so ``n = 9`` splits s1 into its
-    first and second half. ``seed`` shuffles the session order (None: s1, s2, s4, ..., s11). Every
-    experience is tested on the whole common test set (sessions 3, 7, 10).
+    first and second half (see :func:`split_by_groups`). ``seed`` shuffles the session order (None:
+    s1, s2, s4, ..., s11). Every experience is tested on the whole common test set (sessions 3, 7, 10).
     """
     if n_experiences < 1:
         raise ConfigError(f"CORe50-NI needs at least 1 experience, got {n_experiences}")
@@ -295,14 +329,7 @@ def core50_ni_experiences(
     if seed is not None:
         g = torch.Generator().manual_seed(seed)
         sessions = [sessions[i] for i in torch.randperm(len(sessions), generator=g).tolist()]
-    if n_experiences <= len(sessions):
-        groups = np.array_split(np.array(sessions), n_experiences)
-        blocks = [data.session_index(g.tolist()) for g in groups]
-    else:
-        base, extra = divmod(n_experiences, len(sessions))
-        blocks = []
-        for i, s in enumerate(sessions):
-            blocks.extend(_session_pieces(data, s, base + (1 if i < extra else 0)))
+    blocks = split_by_groups(data.sessions, data.objects, sessions, n_experiences, ("session s", "object o", "frame"))
     test = data.select(data.session_index(TEST_SESSIONS))
     classes = tuple(range(data.num_classes))
     return [Core50Experience(data.select(b), test, classes) for b in blocks]
