@@ -84,3 +84,19 @@ def test_config_source_params_update_the_preset():
     assert s.source.params.steps == 7 and s.source.params.w_bn == 1.0 and s.source.params.relabel is True
     paper = build_strategy("mi_ed_paper", {}, info, 0)
     assert paper.params.buffer_size == 5000 and paper.source.params.relabel is False
+
+
+def test_smooth_front_end_applies_in_prediction():
+    import torch
+
+    from exmodel.strategies import StreamInfo
+    from exmodel.synthesis.priors import gaussian_blur3x3
+
+    info = StreamInfo("nc", 4, (1, 8, 8), (0.1,), (0.3,), ((0, 1), (2, 3)), 2)
+    s = build_strategy("noise_ed", {"smooth": 2, "arch": "mlp", "arch_kwargs": {"hidden": [4]}}, info, 0)
+    from exmodel.strategies.learner import Learner
+
+    s.model = Learner(info, "mlp", {"hidden": [4]})
+    x = torch.rand(3, 1, 8, 8)
+    assert torch.allclose(s.predict(x, torch.zeros(3, dtype=torch.long)),
+                          s.model(gaussian_blur3x3(gaussian_blur3x3(x))))

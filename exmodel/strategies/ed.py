@@ -28,6 +28,7 @@ from exmodel.strategies.base import Params, Step, Strategy, register_strategy
 from exmodel.strategies.buffer import Buffer, new_samples_per_step
 from exmodel.strategies.ed_losses import NORMALIZATIONS, ed_loss, ed_targets
 from exmodel.strategies.learner import Learner
+from exmodel.synthesis.priors import gaussian_blur3x3
 from exmodel.training import FitSettings, make_optimizer
 
 
@@ -47,6 +48,7 @@ class EDParams(Params):
     translate: float = 0.1
     degrees: float = 10.0
     hflip: bool = False
+    smooth: int = Field(0, ge=0)  # passes of a 3×3 Gaussian blur on distillation inputs (hides pixel texture)
     arch: str | None = None  # the ex-model's architecture; default: the first expert's
     arch_kwargs: dict[str, Any] = Field(default_factory=dict)
     quantize_buffer: bool = True  # keep the buffer as uint8 images (4× smaller than float32)
@@ -126,10 +128,10 @@ class ExModelDistillation(Strategy):
                     x = self.augment(x)
             with torch.no_grad():
                 t_exp = expert.global_logits(fit_input(x, expert.card.input_shape), fill=float("nan"))
-                t_prev = prev(x) if prev is not None else None
+                t_prev = prev(self._front(x)) if prev is not None else None
                 target = ed_targets(t_prev, t_exp, y, prev_classes.to(self.device), expert_classes.to(self.device),
                                     p.normalize)
-            loss, _, _ = ed_loss(model(x), target, y, p.lambda_ce, p.mse_weight)
+            loss, _, _ = ed_loss(model(self._front(x)), target, y, p.lambda_ce, p.mse_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -139,9 +141,15 @@ class ExModelDistillation(Strategy):
             progress.remove(task)
         model.eval()
 
+    def _front(self, x01: torch.Tensor) -> torch.Tensor:
+        """The ex-model's fixed input stage: ``smooth`` Gaussian blurs, in training and prediction alike."""
+        for _ in range(self.params.smooth):
+            x01 = gaussian_blur3x3(x01)
+        return x01
+
     @torch.no_grad()
     def predict(self, x01: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
-        return self.model.eval()(x01)
+        return self.model.eval()(self._front(x01))
 
     def state(self):
         return {"model": self.model, "buffer_images": self.buffer.images, "buffer_labels": self.buffer.labels}
