@@ -20,7 +20,8 @@ from PIL import Image
 
 from exmodel.data import embedded
 from exmodel.data.catalog import CATALOG
-from exmodel.data.cifar import extract_archive, read_cifar_dir, safe_load_pickle
+from exmodel.data.archives import extract_archive
+from exmodel.data.cifar import read_cifar_dir, safe_load_pickle
 from exmodel.data.idx import encode_idx, read_idx, write_idx
 from exmodel.data.imagefolder import read_image_folder
 from exmodel.data.registry import load_from_catalog

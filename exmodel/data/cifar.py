@@ -13,7 +13,7 @@ Layouts (under the data dir)::
     cifar-100-python/train, test, meta
 
 The official archives (``cifar-10-python.tar.gz``, ``cifar-100-python.tar.gz``) are verified by the
-caller and unpacked by :func:`extract_archive`, which refuses members that could land outside the
+caller and unpacked by :func:`exmodel.data.archives.extract_archive`, which refuses members that could land outside the
 target directory and moves the result into place only once everything is extracted.
 """
 
@@ -23,11 +23,8 @@ import _codecs
 import io
 import os
 import pickle
-import shutil
-import tarfile
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -182,43 +179,3 @@ def read_cifar_dir(directory: str | os.PathLike, variant: Variant) -> CifarArray
     train_x, train_y = read_split(layout["train"])
     test_x, test_y = read_split(layout["test"])
     return CifarArrays(train_x, train_y, test_x, test_y, names)
-
-
-def _check_member(member: tarfile.TarInfo, archive: Path) -> None:
-    p = PurePosixPath(member.name)
-    drive_like = bool(p.parts) and ":" in p.parts[0]  # "C:..." would be absolute on Windows
-    if p.is_absolute() or member.name.startswith(("/", "\\")) or ".." in p.parts or drive_like:
-        raise DataError(f"{archive}: refusing unsafe archive member {member.name!r} (absolute path or '..')")
-    if not (member.isfile() or member.isdir()):
-        raise DataError(f"{archive}: refusing archive member {member.name!r} (only files and directories allowed)")
-
-
-def extract_archive(archive: str | os.PathLike, dest_dir: str | os.PathLike, top_dir: str) -> Path:
-    """Safely extract ``archive`` (already verified) so that ``dest_dir/top_dir`` appears complete.
-
-    Members are extracted into a temporary directory beside the target, then ``top_dir`` is moved
-    into place; an unsafe member aborts before anything is written under ``dest_dir/top_dir``.
-    """
-    archive, dest_dir = Path(archive), Path(dest_dir)
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{top_dir}.", suffix=".extract", dir=dest_dir))
-    try:
-        try:
-            with tarfile.open(archive, "r:*") as tar:
-                members = tar.getmembers()
-                for m in members:
-                    _check_member(m, archive)
-                tar.extractall(tmp, members=members, filter="data")
-        except tarfile.TarError as exc:
-            raise DataError(f"{archive}: not a readable tar archive ({exc})") from exc
-        except (OSError, EOFError) as exc:
-            raise DataError(f"{archive}: cannot extract ({exc})") from exc
-        if not (tmp / top_dir).is_dir():
-            raise DataError(f"{archive}: archive does not contain the expected folder {top_dir}/")
-        final = dest_dir / top_dir
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp / top_dir, final)
-        return final
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

@@ -42,14 +42,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import shutil
-import stat
-import tempfile
-import zipfile
-import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -59,6 +54,7 @@ from PIL import Image
 from exmodel.data.catalog import DatasetInfo, verify_md5
 from exmodel.data.download import download as download_file
 from exmodel.data.types import DatasetSplits, ImageDataset
+from exmodel.data.archives import extract_archive
 from exmodel.errors import ConfigError, DataError
 
 NUM_SESSIONS = 11
@@ -367,41 +363,9 @@ def core50_nc_experiences(
 # The archive and the catalog entry
 
 
-def _check_zip_member(info: zipfile.ZipInfo, archive: Path) -> None:
-    p = PurePosixPath(info.filename.replace("\\", "/"))
-    drive_like = bool(p.parts) and ":" in p.parts[0]  # "C:..." would be absolute on Windows
-    if p.is_absolute() or ".." in p.parts or drive_like:
-        raise DataError(f"{archive}: refusing unsafe archive member {info.filename!r} (absolute path or '..')")
-    kind = stat.S_IFMT(info.external_attr >> 16)  # Unix file type, 0 when the archiver recorded none
-    if kind not in (0, stat.S_IFREG, stat.S_IFDIR):  # links, devices, fifos
-        raise DataError(f"{archive}: refusing archive member {info.filename!r} (only files and directories allowed)")
-
-
 def extract_core50_zip(archive: str | os.PathLike, dest_dir: str | os.PathLike, top_dir: str = FOLDER_NAME) -> Path:
     """Safely unpack an (already verified) ``archive`` so that ``dest_dir/top_dir`` appears complete."""
-    archive, dest_dir = Path(archive), Path(dest_dir)
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{top_dir}.", suffix=".extract", dir=dest_dir))
-    try:
-        try:
-            with zipfile.ZipFile(archive) as zf:
-                members = zf.infolist()
-                for m in members:
-                    _check_zip_member(m, archive)
-                zf.extractall(tmp, members=members)
-        except zipfile.BadZipFile as exc:
-            raise DataError(f"{archive}: not a readable zip archive ({exc})") from exc
-        except (OSError, EOFError, zlib.error) as exc:
-            raise DataError(f"{archive}: cannot extract ({exc})") from exc
-        if not (tmp / top_dir).is_dir():
-            raise DataError(f"{archive}: archive does not contain the expected folder {top_dir}/")
-        final = dest_dir / top_dir
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp / top_dir, final)
-        return final
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    return extract_archive(archive, dest_dir, top_dir)
 
 
 def load_core50_splits(info: DatasetInfo, data_dir: Path, download: bool = False) -> DatasetSplits:

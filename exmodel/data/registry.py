@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from exmodel.data.catalog import CATALOG, DatasetInfo, get_info, verify_md5
-from exmodel.data.cifar import extract_archive, read_cifar_dir, required_files
+from exmodel.data.archives import extract_archive
+from exmodel.data.cifar import read_cifar_dir, required_files
 from exmodel.data.core50 import load_core50_splits
 from exmodel.data.download import download as download_file
 from exmodel.data.embedded import EMBEDDED_DATASETS, load_embedded
