@@ -47,6 +47,8 @@ def consolidate(bundles: list[str | Path], out: str | Path, *, source: str = "in
         raise ExmodelError(f"unknown source '{source}'; available: {', '.join(SOURCES)}")
     if not bundles:
         raise ExmodelError("give at least one expert bundle")
+    if (params or {}).get("smooth"):
+        raise ExmodelError("smooth is an input stage of the strategy and cannot be exported in a bundle; leave it at 0")
     experts = [load_bundle(b) for b in bundles]  # each validated; fails before anything is written
     cards = [e.card for e in experts]
     k, shape, class_names = check_compatible(cards)

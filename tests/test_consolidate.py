@@ -60,3 +60,9 @@ def test_unknown_source(tmp_path, capsys):
     a = make_bundle(tmp_path / "a", "mlp", [0, 1], hidden=[8])
     assert main(["consolidate", str(a), "--source", "magic", "-o", str(tmp_path / "m")]) == 2
     assert "unknown source 'magic'" in capsys.readouterr().err
+
+
+def test_smooth_front_end_cannot_be_exported(tmp_path, capsys):
+    a = make_bundle(tmp_path / "a", "mlp", [0, 1], hidden=[8])
+    assert main(["consolidate", str(a), "--set", "smooth=2", "-o", str(tmp_path / "m")]) == 2
+    assert "cannot be exported" in capsys.readouterr().err

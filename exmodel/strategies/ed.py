@@ -89,8 +89,9 @@ class ExModelDistillation(Strategy):
     def _build_model(self, expert) -> Learner:
         arch = self.params.arch or expert.card.arch
         kwargs = dict(self.params.arch_kwargs)
-        if self.params.arch is None:  # same architecture as the expert, but the whole label space
-            kwargs = {k: v for k, v in expert.card.arch_kwargs.items() if k not in ("num_classes", "heads")}
+        if self.params.arch is None:  # the expert's architecture (and options), over the whole label space
+            inherited = {k: v for k, v in expert.card.arch_kwargs.items() if k not in ("num_classes", "heads")}
+            kwargs = {**inherited, **kwargs}
         torch.manual_seed(self.seed)
         info = self.info
         norm = expert.card.normalization  # the ex-model sees inputs like the first expert does
