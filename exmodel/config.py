@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, ValidationError, model_serializer
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from exmodel.errors import ConfigError
 
@@ -36,15 +36,6 @@ class ScenarioConfig(_Strict):
     # kind "ni" only: "stratified" shards every class over the experiences; "groups" gives each
     # experience whole groups of the training set (CORe50: recording sessions, the NI protocol).
     ni_split: Literal["stratified", "groups"] = "stratified"
-
-    @model_serializer(mode="wrap")
-    def _omit_default_ni_split(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # Left out of dumps at its default, so that the expert-cache keys (a hash of this dump) and
-        # stored run configs of scenarios written before the key existed stay the same.
-        out = handler(self)
-        if out.get("ni_split") == "stratified":
-            out.pop("ni_split")
-        return out
 
 
 class ExpertConfig(_Strict):

@@ -66,3 +66,9 @@ def test_shared_init_uses_one_initialization(stream, tmp_path):
     experts, _ = zoo.expert_stream(stream, SC, cfg, 0, "fp", tmp_path)
     assert len({e.card.training["init_seed"] for e in experts}) == 1
     assert len({e.card.training["seed"] for e in experts}) == 5
+
+
+def test_stream_key_ignores_settings_left_at_their_default():
+    explicit = SC.model_copy(update={"ni_split": "stratified", "validation_fraction": None})
+    assert zoo.stream_key(explicit, EC, 0, "fp") == zoo.stream_key(SC, EC, 0, "fp")
+    assert zoo.stream_key(SC.model_copy(update={"ni_split": "groups"}), EC, 0, "fp") != zoo.stream_key(SC, EC, 0, "fp")

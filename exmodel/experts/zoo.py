@@ -21,7 +21,7 @@ from exmodel.experts.train import expert_seed, train_expert
 from exmodel.progress import Progress
 from exmodel.scenarios import Stream
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # bump when a default that shapes the experts changes
 
 
 def default_cache_dir() -> Path:
@@ -30,7 +30,10 @@ def default_cache_dir() -> Path:
 
 
 def stream_key(scenario: ScenarioConfig, expert: ExpertConfig, seed: int, data_fingerprint: str) -> str:
-    blob = json.dumps({"format": CACHE_FORMAT, "scenario": scenario.model_dump(), "expert": expert.model_dump(),
+    # Only settings that differ from their defaults enter the key, so adding a new (defaulted) config
+    # key does not orphan existing caches; changing a default needs a CACHE_FORMAT bump.
+    blob = json.dumps({"format": CACHE_FORMAT, "scenario": scenario.model_dump(exclude_defaults=True),
+                       "expert": expert.model_dump(exclude_defaults=True),
                        "seed": seed, "data": data_fingerprint}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
