@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         name = f"{short}_ed" + ("_paper" if args.preset == "paper" else "")
         cls = strategy_class(name)
         params = cls.Params()
-        source = build_source(cls.source_name, params.source_params, data_dir=str(resolved) if resolved else None)
+        source = build_source(params.source or cls.source_name, params.source_params,
+                              data_dir=str(resolved) if resolved else None)
         xs, ys = [], []
         for exp, expert in zip(stream, experts):
             n = args.per_class * len(exp.classes)

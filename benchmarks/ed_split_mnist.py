@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="JSON file to write")
     ap.add_argument("--config", default=str(ROOT / "configs" / "ed_split_mnist.yaml"))
     ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--strategies", default=None,
+                    help="comma-separated subset of the config's strategies (default: all of them)")
     ap.add_argument("--run-dir", default=None, help="run folder (default runs/bench-<config>)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="config override key=value")
     args = ap.parse_args(argv)
@@ -37,7 +39,17 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = load_config(args.config, args.overrides)
     cfg.seeds = [int(s) for s in args.seeds.split(",")]
-    run_dir = Path(args.run_dir or ROOT / "runs" / f"bench-{cfg.name}")
+    if args.strategies:
+        wanted = [n.strip() for n in args.strategies.split(",") if n.strip()]
+        known = {s.name for s in cfg.strategies}
+        unknown = [n for n in wanted if n not in known]
+        if unknown:
+            print(f"error: {', '.join(unknown)} not in {cfg.name}; available: {', '.join(sorted(known))}",
+                  file=sys.stderr)
+            return 2
+        cfg.strategies = [s for s in cfg.strategies if s.name in wanted]
+    suffix = "" if not args.strategies else "-" + "-".join(s.name for s in cfg.strategies)
+    run_dir = Path(args.run_dir or ROOT / "runs" / f"bench-{cfg.name}{suffix}")
     with Progress(enabled=sys.stderr.isatty()) as progress:
         results = run_experiment(cfg, run_dir, data_dir=args.data_dir, progress=progress)
     keep = ("ex_model", "stream_accuracy", "task_aware_stream_accuracy", "forgetting", "wall_time_s", "macs_per_sample",

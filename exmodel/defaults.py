@@ -16,7 +16,7 @@ def default_config() -> dict:
         "expert": {"arch": "lenet_bn", "epochs": 4},  # BatchNorm: mi_ed matches its statistics
         # mi_ed with a smaller budget than its preset so that the demo stays within ~3 minutes on 2 cores
         "strategies": [{"name": n} if n != "mi_ed" else
-                       {"name": n, "params": {"buffer_size": 500, "iterations": 200, "source_params": {"steps": 40}}}
+                       {"name": n, "params": {"buffer_size": 500, "iterations": 300, "source_params": {"steps": 100}}}
                        for n in names],
         "seeds": [0],
     }

@@ -42,6 +42,16 @@ def test_ed_benchmark_writes_results_shaped_json(tmp_path):
     assert data["environment"]["torch"].startswith("2.")
 
 
+def test_ed_benchmark_runs_a_subset_and_rejects_unknown_names(tmp_path, capsys):
+    bench = load_script("ed_split_mnist")
+    out = tmp_path / "bench.json"
+    base = ["--config", str(tiny_config(tmp_path)), "--seeds", "0", "--out", str(out)]
+    assert bench.main(base + ["--strategies", "noise_ed", "--run-dir", str(tmp_path / "run")]) == 0
+    assert set(json.loads(out.read_text())["strategies"]) == {"noise_ed"}
+    assert bench.main(base + ["--strategies", "noise_ed,mi_edd"]) == 2
+    assert "error: mi_edd not in tiny_ed; available: noise_ed, oracle" in capsys.readouterr().err
+
+
 def test_buffer_samples_figure(tmp_path):
     out = tmp_path / "samples.png"
     mod = load_script("buffer_samples")  # a few images per class from every source

@@ -1,5 +1,6 @@
 """``exmodel consolidate``: bundles of different architectures in, one validated bundle out."""
 
+import pytest
 import torch
 
 from exmodel.cli import main
@@ -22,13 +23,15 @@ def make_bundle(path, arch, classes, *, names=None, shape=(1, 8, 8), mean=0.5, s
     return path
 
 
-def test_consolidates_two_architectures_and_normalizations(tmp_path, capsys):
+@pytest.mark.parametrize("source", ["noise", "inversion"])
+def test_consolidates_two_architectures_and_normalizations(tmp_path, capsys, source):
     a = make_bundle(tmp_path / "a", "mlp", [0, 1], hidden=[16])
-    b = make_bundle(tmp_path / "b", "lenet", [2, 3], shape=(1, 12, 12), mean=0.1, std=0.3, seed=1)
+    b = make_bundle(tmp_path / "b", "lenet_bn", [2, 3], shape=(1, 12, 12), mean=0.1, std=0.3, seed=1)
     out = tmp_path / "merged"
-    code = main(["--quiet", "consolidate", str(a), str(b), "--source", "noise", "--arch", "mlp", "-o", str(out),
+    code = main(["--quiet", "consolidate", str(a), str(b), "--source", source, "--arch", "mlp", "-o", str(out),
                  "--set", "buffer_size=40", "--set", "iterations=5", "--set", "batch_size=8",
-                 "--set", "arch_kwargs={hidden: [8]}"])
+                 "--set", "arch_kwargs={hidden: [8]}", "--set",
+                 "source_params={steps: 3, batch_size: 8}" if source == "inversion" else "batch_size=8"])
     assert code == 0, capsys.readouterr().err
     merged = load_bundle(out)  # validated on load
     c = merged.card

@@ -4,7 +4,7 @@ import pytest
 
 from exmodel.config import load_config
 from exmodel.data import load_dataset
-from exmodel.errors import ExmodelError
+from exmodel.errors import ConfigError, ExmodelError
 from exmodel.runner import experts_for, run_cell
 from exmodel.strategies import build_strategy, list_strategies, strategy_class
 
@@ -71,7 +71,7 @@ def test_ed_rejects_bad_params_and_mt():
         build_strategy("mi_ed", {}, info, 0)
     with pytest.raises(ConfigError, match="unknown param 'buffer'"):
         build_strategy("mi_ed", {"buffer": 3}, info, 0)
-    with pytest.raises(ConfigError, match="knowledge source 'model_inversion': unknown param 'stepz'"):
+    with pytest.raises(ConfigError, match="knowledge source 'generative': unknown param 'stepz'"):
         build_strategy("mi_ed", {"source_params": {"stepz": 3}}, StreamInfo("nc", 4, (1, 28, 28), (0.1,), (0.3,),
                                                                           ((0, 1), (2, 3)), 2), 0)
 
@@ -81,9 +81,25 @@ def test_config_source_params_update_the_preset():
 
     info = StreamInfo("nc", 4, (1, 28, 28), (0.1,), (0.3,), ((0, 1), (2, 3)), 2)
     s = build_strategy("mi_ed", {"source_params": {"steps": 7}}, info, 0)
-    assert s.source.params.steps == 7 and s.source.params.w_bn == 1.0 and s.source.params.relabel is True
+    assert s.source.params.steps == 7 and s.source.params.w_bn == 0.3 and s.source.params.relabel is True
     paper = build_strategy("mi_ed_paper", {}, info, 0)
     assert paper.params.buffer_size == 5000 and paper.source.params.relabel is False
+
+
+def test_source_override_drops_the_preset_settings_and_sets_the_flags():
+    from exmodel.strategies import StreamInfo
+
+    info = StreamInfo("nc", 4, (1, 28, 28), (0.1,), (0.3,), ((0, 1), (2, 3)), 2)
+    preset = build_strategy("mi_ed", {}, info, 0)
+    pixel = build_strategy("mi_ed", {"source": "model_inversion", "source_params": {"steps": 7}}, info, 0)
+    assert pixel.source.name == "model_inversion" and pixel.source.params.steps == 7
+    if preset.source.name != "model_inversion":  # the preset's settings belong to another source: not merged
+        assert pixel.source.params.w_bn == 1e-3
+    replay = build_strategy("mi_ed", {"source": "replay"}, info, 0)
+    assert (replay.ex_model, replay.uses_data) == (False, True)
+    assert (preset.ex_model, preset.uses_data) == (True, False)
+    with pytest.raises(ConfigError, match="unknown knowledge source 'pixels'"):
+        build_strategy("mi_ed", {"source": "pixels"}, info, 0)
 
 
 def test_smooth_front_end_applies_in_prediction():

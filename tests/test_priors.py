@@ -12,7 +12,7 @@ from exmodel.errors import ConfigError
 from exmodel.models import build_model
 from exmodel.synthesis.augment import make_augmentation
 from exmodel.synthesis.priors import (BNStatsRecorder, blur_prior, bn_statistics_loss, diversity_loss,
-                                      gaussian_blur3x3, l2_prior, total_variation)
+                                      gaussian_blur3x3, l2_prior, pixel_l1, total_variation)
 
 
 def impulse(side: int = 3) -> torch.Tensor:
@@ -75,6 +75,14 @@ def test_bn_statistics_loss_by_hand():
     # 0.25 + (1 - 0.5)^2 = 0.5
     assert bn_statistics_loss([layer1, layer2]).item() == pytest.approx(10.5, abs=1e-5)
     assert bn_statistics_loss([]).item() == 0.0
+    # first_weight scales the first layer's term only: 3 * 10 + 0.5
+    assert bn_statistics_loss([layer1, layer2], first_weight=3.0).item() == pytest.approx(30.5, abs=1e-5)
+
+
+def test_pixel_l1_is_mean_of_per_sample_intensity_sums():
+    x = torch.tensor([[0.0, 0.5, 1.0, 0.25], [0.0, 0.0, 0.0, 0.0]]).view(2, 1, 2, 2)
+    # sample 0: 1.75, sample 1: 0 -> mean 0.875
+    assert pixel_l1(x).item() == pytest.approx(0.875)
 
 
 def bn2d_model() -> nn.Module:

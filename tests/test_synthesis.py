@@ -97,7 +97,7 @@ def test_balanced_labels_edge_cases():
 
 # ------------------------------------------------------------------------------------------ registry
 def test_registry_lists_sources_and_rejects_typos():
-    assert list_sources() == ["auxiliary", "data_impression", "model_inversion", "noise", "replay"]
+    assert list_sources() == ["auxiliary", "data_impression", "generative", "model_inversion", "noise", "replay"]
     with pytest.raises(ConfigError, match="unknown knowledge source 'inversion'; available: auxiliary, "):
         build_source("inversion", {})
     with pytest.raises(ConfigError, match="'model_inversion': unknown param 'stpes'; allowed: batch_size, steps"):
@@ -115,6 +115,7 @@ def test_registry_lists_sources_and_rejects_typos():
 SOURCES = [
     ("model_inversion", FAST),
     ("data_impression", FAST),
+    ("generative", {"steps": 5, "batch_size": 16}),
     ("auxiliary", {"batch_size": 16}),
     ("noise", {"batch_size": 16}),
     ("replay", {}),
@@ -159,13 +160,14 @@ def test_source_contract(name, params, expert, experience):
     expert.net.block1[0].bias.requires_grad_(True)
 
 
-@pytest.mark.parametrize("name", ["model_inversion", "data_impression", "noise", "auxiliary", "replay"])
+@pytest.mark.parametrize("name", ["model_inversion", "data_impression", "generative", "noise", "auxiliary", "replay"])
 def test_source_rejects_classes_the_expert_does_not_output(name, experience):
     torch.manual_seed(0)
     net = build_model("lenet", num_classes=2)
     local = Expert(make_card("lenet", net, [3, 7], [3, 7]), net)  # local head: outputs only 3 and 7
     with pytest.raises(ValueError, match=r"class 5 is not an output of expert 'test-lenet' \(class_ids \[3, 7\]\)"):
-        build_source(name, FAST if "_" in name else {}).generate(local, 4, gen(), classes=[3, 5], data=experience)
+        params = FAST if "_" in name or name == "generative" else {}
+        build_source(name, params).generate(local, 4, gen(), classes=[3, 5], data=experience)
 
 
 # ------------------------------------------------------------------------------------------ model inversion
@@ -288,4 +290,30 @@ def test_replay_without_data_fails(expert):
 def test_noise_is_grey_noise_labelled_by_the_expert(expert):
     x, y = build_source("noise", {"std": 0.1}).generate(expert, 64, gen(7))
     assert abs(x.mean().item() - 0.5) < 0.02 and 0.08 < x.std().item() < 0.12
+    assert torch.equal(y, trained_prediction(expert, x))
+
+
+# ------------------------------------------------------------------------------------------ generative inversion
+def test_generator_draws_valid_images_of_any_size():
+    from exmodel.synthesis.generative import ConditionalGenerator
+
+    torch.manual_seed(0)
+    for shape in [(1, 28, 28), (3, 32, 32), (3, 30, 26)]:
+        g = ConditionalGenerator(3, shape, z_dim=8, width=4)
+        x = g(torch.randn(5, 8), torch.tensor([0, 1, 2, 0, 1]))
+        assert x.shape == (5, *shape) and 0.0 <= x.min().item() and x.max().item() <= 1.0
+
+
+def test_generative_inversion_reaches_the_targets(expert):
+    src = build_source("generative", {"steps": 150, "batch_size": 64, "relabel": False, "w_bn": 0.1})
+    x, y = src.generate(expert, 64, gen(1))
+    assert sorted(Counter(y.tolist()).values()) == [32, 32]
+    # classified as its target among all 10 output units (an untrained generator: about half)
+    assert (trained_prediction(expert, x, range(10)) == y).float().mean().item() >= 0.9
+    # and different samples of a class are different images
+    assert (x[y == 3][0] - x[y == 3][1]).abs().max().item() > 0.05
+
+
+def test_generative_relabel_takes_the_expert_prediction(expert):
+    x, y = build_source("generative", {"steps": 3, "batch_size": 16, "relabel": True}).generate(expert, 24, gen(2))
     assert torch.equal(y, trained_prediction(expert, x))

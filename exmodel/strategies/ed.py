@@ -33,6 +33,7 @@ from exmodel.training import FitSettings, make_optimizer
 
 
 class EDParams(Params):
+    source: str | None = None  # the knowledge source; None: the preset's (e.g. model_inversion for mi_ed*)
     source_params: dict[str, Any] = Field(default_factory=dict)  # the knowledge source's (updates the preset's)
     buffer_size: int = Field(5000, ge=1)  # N; the paper uses 5,000 (Sec. 5)
     iterations: int = Field(1000, ge=1)  # n_iter distillation steps per expert
@@ -75,8 +76,15 @@ class ExModelDistillation(Strategy):
         if self.info.kind == "mt":
             raise ExmodelError(f"{self.type_name}: multi-task (MT) streams are not supported by ED yet")
         # ``source_params`` given in a config update the preset's instead of replacing them.
-        preset = type(self).Params.model_fields["source_params"].get_default(call_default_factory=True)
-        self.source = build_source(self.source_name, {**preset, **p.source_params}, data_dir=self.info.data_dir)
+        fields = type(self).Params.model_fields
+        preset = fields["source_params"].get_default(call_default_factory=True)
+        preset_source = fields["source"].get_default() or self.source_name
+        source = p.source or self.source_name
+        if source != preset_source:
+            preset = {}  # another source than the preset's: the preset's settings do not apply to it
+        given = p.source_params if "source_params" in p.model_fields_set else {}
+        self.source = build_source(source, {**preset, **given}, data_dir=self.info.data_dir)
+        self.ex_model, self.uses_data = self.source.ex_model, self.source.needs_data  # e.g. source: replay
         self.buffer = Buffer(p.buffer_size, quantize=p.quantize_buffer)
         self.model: Learner | None = None
         self.seen = torch.zeros(self.info.num_classes, dtype=torch.bool)
@@ -166,22 +174,25 @@ _SOURCES = {"mi": "model_inversion", "di": "data_impression", "aux": "auxiliary"
 _PAPER_COMMON: dict[str, Any] = {"buffer_size": 5000, "iterations": 1000, "optimizer": "sgd", "lr": 0.01,
                                  "lambda_ce": 1.0, "augment": True, "quantize_buffer": False}
 PAPER: dict[str, dict[str, Any]] = {
-    "mi": {**_PAPER_COMMON, "source_params": {"steps": 200, "confidence": 0.99}},
+    # The paper gives neither the pixel learning rate nor the BN weight; lr 0.6 and BN 1 were chosen
+    # on a validation split (43.5 % there; with lr 0.1 and BN 1e-3 it was 20.7 % on the embedded test set).
+    "mi": {**_PAPER_COMMON, "source_params": {"steps": 200, "confidence": 0.99, "lr": 0.6, "w_bn": 1.0}},
     # Nayak et al. 2019 use a softmax temperature of 20 for the Dirichlet targets and β ∈ {1.0, 0.1}.
     "di": {**_PAPER_COMMON, "source_params": {"steps": 200, "temperature": 20.0, "beta": 1.0}},
     "aux": {**_PAPER_COMMON, "source_params": {"dataset": "fashion_mnist"}},
     "replay": {**_PAPER_COMMON},
     "noise": {**_PAPER_COMMON},
 }
-# Ours. Measured on the validation split of embedded Split-MNIST (see README, "Ex-Model Distillation"):
-# strong BN-statistics matching and total variation make inverted digits look like digits; relabelling
-# by the expert's final prediction removes the label noise the priors cause; Adam (lr 1e-3) distils
-# better than SGD here; a 2,000-sample uint8 buffer keeps the run within budget.
+# Ours. Measured on the validation split of Split-MNIST (see README, "Ex-Model Distillation"):
+# model inversion through a small conditional generator (``generative``: smooth, stroke-like images
+# instead of per-pixel noise) with BN-statistics matching and a within-class diversity term, labels
+# from the expert's prediction, Adam (lr 1e-3) distillation, and a 2,000-sample uint8 buffer.
 _OURS_COMMON: dict[str, Any] = {"buffer_size": 2000, "iterations": 1000, "optimizer": "adam", "lr": 0.001,
                                 "lambda_ce": 1.0, "augment": True, "quantize_buffer": True}
 _OURS_PRIORS: dict[str, Any] = {"w_bn": 1.0, "w_tv": 0.01, "steps": 100}
+_OURS_GENERATOR: dict[str, Any] = {"steps": 500, "w_bn": 0.3, "w_div": 3.0, "relabel": True}
 DEFAULT: dict[str, dict[str, Any]] = {
-    "mi": {**_OURS_COMMON, "source_params": {**_OURS_PRIORS, "confidence": None, "relabel": True}},
+    "mi": {**_OURS_COMMON, "source": "generative", "source_params": _OURS_GENERATOR},
     "di": {**_OURS_COMMON, "source_params": {**_OURS_PRIORS, "temperature": 20.0, "beta": 1.0}},
     "aux": {**_OURS_COMMON, "source_params": {"dataset": "fashion_mnist", "balance": True}},
     "replay": {**_OURS_COMMON},

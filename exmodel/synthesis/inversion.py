@@ -37,7 +37,8 @@ from exmodel.synthesis.augment import make_augmentation
 from exmodel.synthesis.base import (KnowledgeSource, SourceParams, balanced_labels, check_count, expert_device,
                                     frozen_expert, num_batches, predict_among, register_source, resolve_classes,
                                     seeded_global_rng)
-from exmodel.synthesis.priors import BNStatsRecorder, blur_prior, diversity_loss, l2_prior, total_variation
+from exmodel.synthesis.priors import (BNStatsRecorder, blur_prior, diversity_loss, l2_prior, pixel_l1,
+                                     total_variation)
 
 
 class OptimisationParams(SourceParams):
@@ -61,6 +62,9 @@ class OptimisationParams(SourceParams):
     w_blur: float = Field(1e-3, ge=0, description="weight of ||x − blur(x)||² (paper: blur prior)")
     w_tv: float = Field(0.0, ge=0, description="weight of total variation (extra)")
     w_bn: float = Field(1e-3, ge=0, description="weight of BN statistics matching (experts with BN only)")
+    bn_first: float = Field(1.0, ge=0, description="extra factor on the first BN layer's term (DeepInversion: 10)")
+    w_l1: float = Field(0.0, ge=0, description="weight of the summed [0, 1] pixel intensity (dark-background "
+                                               "sparsity prior, extra)")
     w_div: float = Field(0.0, ge=0, description="weight of the within-class feature diversity loss (extra)")
     augment: Literal["affine", "none"] = Field("affine", description="augmentation during optimisation")
     translate: float = Field(0.1, ge=0, lt=1, description="largest shift, fraction of the image side")
@@ -118,6 +122,8 @@ def optimise_images(expert: Expert, n: int, generator: torch.Generator, p: Optim
             for step in range(p.steps):
                 feats, logits = features_and_logits(expert.net, aug(x), card.task_id)
                 loss = target_loss(logits, idx)
+                if p.w_l1:
+                    loss = loss + p.w_l1 * pixel_l1(x * std + mean)
                 if p.w_l2:
                     loss = loss + p.w_l2 * l2_prior(x)
                 if p.w_blur:
@@ -125,7 +131,7 @@ def optimise_images(expert: Expert, n: int, generator: torch.Generator, p: Optim
                 if p.w_tv:
                     loss = loss + p.w_tv * total_variation(x)
                 if use_bn:
-                    loss = loss + p.w_bn * rec.loss()
+                    loss = loss + p.w_bn * rec.loss(p.bn_first)
                 if p.w_div:
                     loss = loss + p.w_div * diversity_loss(feats, labels)
                 opt.zero_grad(set_to_none=True)

@@ -44,6 +44,12 @@ def l2_prior(x: torch.Tensor) -> torch.Tensor:
     return x.pow(2).flatten(1).sum(1).mean()
 
 
+def pixel_l1(x01: torch.Tensor) -> torch.Tensor:
+    """Mean over samples of ``Σ |x01|``, the summed intensity of images in [0, 1] pixel units: a
+    sparsity prior that darkens the background (digits are bright strokes on black)."""
+    return x01.abs().flatten(1).sum(1).mean()
+
+
 def gaussian_blur3x3(x: torch.Tensor) -> torch.Tensor:
     """Blur every channel of ``x`` (B, C, H, W) separately with :data:`BLUR_KERNEL_3X3`.
 
@@ -73,19 +79,22 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
 BNStat = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-def bn_statistics_loss(stats: Sequence[BNStat]) -> torch.Tensor:
-    """``Σ_layers ||μ - μ_syn||² + ||σ - σ_syn||²`` with ``σ = sqrt(var)``.
+def bn_statistics_loss(stats: Sequence[BNStat], first_weight: float = 1.0) -> torch.Tensor:
+    """``Σ_layers w_l (||μ - μ_syn||² + ||σ - σ_syn||²)`` with ``σ = sqrt(var)``.
 
     ``stats`` holds one ``(mean_syn, var_syn, running_mean, running_var)`` tuple per BatchNorm layer,
-    each a per-channel vector. An empty list gives 0.
+    each a per-channel vector. ``w_l`` is ``first_weight`` for the first layer (the one closest to the
+    pixels; DeepInversion weighs it 10×) and 1 for the others. An empty list gives 0.
     """
     if not stats:
         return torch.zeros(())
     total = None
-    for mean_syn, var_syn, running_mean, running_var in stats:
+    for i, (mean_syn, var_syn, running_mean, running_var) in enumerate(stats):
         std_syn = torch.sqrt(var_syn + BN_STD_EPS)
         std_run = torch.sqrt(running_var.to(var_syn) + BN_STD_EPS)
         term = (running_mean.to(mean_syn) - mean_syn).pow(2).sum() + (std_run - std_syn).pow(2).sum()
+        if i == 0 and first_weight != 1.0:
+            term = first_weight * term
         total = term if total is None else total + term
     return total  # type: ignore[return-value]
 
@@ -160,8 +169,8 @@ class BNStatsRecorder:
                 out.append((mean, var, layer.running_mean, layer.running_var))
         return out  # type: ignore[return-value]
 
-    def loss(self) -> torch.Tensor:
-        return bn_statistics_loss(self.stats)
+    def loss(self, first_weight: float = 1.0) -> torch.Tensor:
+        return bn_statistics_loss(self.stats, first_weight)
 
 
 def diversity_loss(features: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
