@@ -116,3 +116,20 @@ def test_smooth_front_end_applies_in_prediction():
     x = torch.rand(3, 1, 8, 8)
     assert torch.allclose(s.predict(x, torch.zeros(3, dtype=torch.long)),
                           s.model(gaussian_blur3x3(gaussian_blur3x3(x))))
+
+
+def test_style_jitter_is_built_from_the_params_and_only_in_training():
+    import torch
+
+    from exmodel.strategies import StreamInfo
+    from exmodel.strategies.learner import Learner
+
+    info = StreamInfo("nc", 4, (1, 8, 8), (0.1,), (0.3,), ((0, 1), (2, 3)), 2)
+    s = build_strategy("noise_ed", {"jitter_morph": 0.5, "jitter_gamma": 0.7, "jitter_blur": 0.3, "arch": "mlp"}, info, 0)
+    assert (s.jitter.morph, s.jitter.gamma, s.jitter.blur) == (0.5, 0.7, 0.3)
+    assert build_strategy("noise_ed", {}, info, 0).jitter is None
+    s.model = Learner(info, "mlp", {"hidden": [4]})
+    x = torch.rand(3, 1, 8, 8)
+    assert torch.equal(s.predict(x, torch.zeros(3, dtype=torch.long)), s.model(x))  # prediction sees the image as is
+    with pytest.raises(ConfigError, match="jitter_morph: Input should be less than or equal to 1"):
+        build_strategy("noise_ed", {"jitter_morph": 2.0}, info, 0)

@@ -171,3 +171,42 @@ def test_augmentation_none_is_the_identity_and_bad_options_fail():
         make_augmentation(kind="flip")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match=r"translate must be in \[0, 1\)"):
         make_augmentation(translate=1.5)
+
+
+def test_dilate_and_erode_move_a_stroke_edge_by_one_pixel():
+    from exmodel.synthesis.augment import dilate, erode
+
+    x = torch.zeros(1, 1, 5, 5)
+    x[0, 0, 2, 2] = 1.0
+    want = torch.zeros(1, 1, 5, 5)
+    want[0, 0, 1:4, 1:4] = 1.0
+    assert torch.equal(dilate(x), want)
+    assert torch.equal(erode(want), x)  # the 3×3 square erodes back to its centre
+    assert torch.equal(erode(x), torch.zeros_like(x))
+
+
+def test_gamma_stretch_by_hand():
+    from exmodel.synthesis.augment import gamma_stretch
+
+    x = torch.tensor([[[[0.25, 0.5]]], [[[0.0, 0.0]]]])
+    out = gamma_stretch(x, torch.tensor([2.0, 0.5]))
+    torch.testing.assert_close(out[0], torch.tensor([[[0.0625 / 0.25, 1.0]]]))
+    assert torch.equal(out[1], torch.zeros(1, 1, 2))  # a black image stays black
+
+
+def test_style_jitter_is_reproducible_bounded_and_checks_its_options():
+    from exmodel.synthesis.augment import StyleJitter
+
+    x = torch.rand(64, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    jit = StyleJitter(morph=0.5, gamma=0.7, blur=0.3)
+    torch.manual_seed(1)
+    a = jit(x)
+    torch.manual_seed(1)
+    assert torch.equal(a, jit(x)) and a.shape == x.shape
+    assert 0.0 <= a.min().item() and a.max().item() <= 1.0 + 1e-6
+    assert (a - x).abs().flatten(1).amax(1).gt(1e-3).float().mean().item() > 0.9  # almost every image changed
+    assert torch.equal(StyleJitter()(x), x)
+    with pytest.raises(ConfigError, match=r"style jitter: morph is a probability in \[0, 1\], got 1.5"):
+        StyleJitter(morph=1.5)
+    with pytest.raises(ConfigError, match="style jitter: gamma must be ≥ 0, got -1"):
+        StyleJitter(gamma=-1)

@@ -100,8 +100,9 @@ def test_registry_lists_sources_and_rejects_typos():
     assert list_sources() == ["auxiliary", "data_impression", "generative", "model_inversion", "noise", "replay"]
     with pytest.raises(ConfigError, match="unknown knowledge source 'inversion'; available: auxiliary, "):
         build_source("inversion", {})
-    with pytest.raises(ConfigError, match="'model_inversion': unknown param 'stpes'; allowed: batch_size, steps"):
+    with pytest.raises(ConfigError, match="'model_inversion': unknown param 'stpes'; allowed: temperature, w_bn, ") as err:
         build_source("model_inversion", {"stpes": 3})
+    assert ", batch_size, steps, lr, " in str(err.value) and str(err.value).count("\n") == 0
     with pytest.raises(ConfigError, match="'noise': param std: Input should be greater than 0"):
         build_source("noise", {"std": -1})
     src = build_source("model_inversion", {"steps": 7})
@@ -317,3 +318,37 @@ def test_generative_inversion_reaches_the_targets(expert):
 def test_generative_relabel_takes_the_expert_prediction(expert):
     x, y = build_source("generative", {"steps": 3, "batch_size": 16, "relabel": True}).generate(expert, 24, gen(2))
     assert torch.equal(y, trained_prediction(expert, x))
+
+
+def test_several_generators_each_draw_an_interleaved_share(expert, monkeypatch):
+    from exmodel.synthesis.generative import GenerativeInversion
+
+    trained, drawn = [], []
+    train, sample = GenerativeInversion.train_generator, GenerativeInversion.sample
+    monkeypatch.setattr(GenerativeInversion, "train_generator",
+                        lambda self, *a, **k: trained.append(1) or train(self, *a, **k))
+    monkeypatch.setattr(GenerativeInversion, "sample",
+                        lambda self, g, c, y, r: drawn.append(y.tolist()) or sample(self, g, c, y, r))
+    src = build_source("generative", {"steps": 2, "batch_size": 8, "generators": 3, "relabel": False})
+    x, y = src.generate(expert, 7, gen(4))
+    assert len(trained) == 3 and drawn == [y[0::3].tolist(), y[1::3].tolist(), y[2::3].tolist()]
+    assert x.shape == (7, 1, 28, 28) and 0.0 <= x.min().item() and x.max().item() <= 1.0
+    trained.clear()
+    src.generate(expert, 2, gen(4))  # fewer samples than generators: only as many generators as samples
+    assert len(trained) == 2
+
+
+def test_prior_terms_adds_each_weighted_prior_by_hand():
+    from exmodel.synthesis.objective import PriorParams, prior_terms
+    from exmodel.synthesis.priors import diversity_loss, total_variation
+
+    x01 = torch.rand(4, 1, 6, 6, generator=torch.Generator().manual_seed(0))
+    tv_in = 2 * x01 - 1
+    feats, labels = torch.randn(4, 5, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 0, 1, 1])
+    assert prior_terms(PriorParams(), x01=x01, tv_input=tv_in, features=feats, labels=labels, bn=None) == 0.0
+    p = PriorParams(w_l1=0.5, w_tv=0.25, w_div=2.0)
+    got = prior_terms(p, x01=x01, tv_input=tv_in, features=feats, labels=labels, bn=None)
+    want = 0.5 * x01.sum() / 4 + 0.25 * total_variation(tv_in) + 2.0 * diversity_loss(feats, labels)
+    torch.testing.assert_close(got, want)
+    only_tv = prior_terms(PriorParams(w_tv=1.0), x01=x01, tv_input=tv_in, features=feats, labels=labels, bn=None)
+    assert only_tv.item() == pytest.approx(2 * total_variation(x01).item(), rel=1e-5)  # TV of tv_input, not x01

@@ -22,7 +22,6 @@ classes as its label.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -33,11 +32,12 @@ from exmodel.data.types import ImageDataset
 from exmodel.experts.expert import Expert
 from exmodel.progress import Progress
 from exmodel.synthesis.augment import make_augmentation
-from exmodel.synthesis.base import (KnowledgeSource, SourceParams, balanced_labels, check_count, expert_device,
+from exmodel.synthesis.base import (KnowledgeSource, balanced_labels, check_count, expert_device,
                                     frozen_expert, predict_among, register_source, resolve_classes,
                                     seeded_global_rng)
 from exmodel.synthesis.inversion import features_and_logits, local_index
-from exmodel.synthesis.priors import BNStatsRecorder, diversity_loss, pixel_l1, total_variation
+from exmodel.synthesis.objective import PriorParams, prior_terms
+from exmodel.synthesis.priors import BNStatsRecorder
 
 
 class ConditionalGenerator(nn.Module):
@@ -72,22 +72,15 @@ class ConditionalGenerator(nn.Module):
         return torch.sigmoid(x)
 
 
-class GenerativeParams(SourceParams):
+class GenerativeParams(PriorParams):
+    w_bn: float = Field(1.0, ge=0, description="weight of BN statistics matching (experts with BN only)")
     steps: int = Field(500, ge=1, description="generator training steps")
     batch_size: int = Field(128, ge=2, description="images per generator step (BN statistics need ≥ 2)")
     lr: float = Field(1e-2, gt=0, description="Adam learning rate of the generator")
     z_dim: int = Field(64, ge=1)
     width: int = Field(16, ge=1, description="channels of the generator's last hidden layer")
-    temperature: float = Field(1.0, gt=0, description="softmax temperature τ of the target loss")
-    w_bn: float = Field(1.0, ge=0, description="weight of BN statistics matching (experts with BN only)")
-    bn_first: float = Field(1.0, ge=0, description="extra factor on the first BN layer's term")
-    w_div: float = Field(0.0, ge=0, description="weight of the within-class feature diversity loss")
-    w_l1: float = Field(0.0, ge=0, description="weight of the summed [0, 1] pixel intensity")
-    w_tv: float = Field(0.0, ge=0, description="weight of total variation")
-    augment: Literal["affine", "none"] = Field("affine", description="augmentation of generated images")
-    translate: float = Field(0.1, ge=0, lt=1)
-    degrees: float = Field(10.0, ge=0, le=180)
-    hflip: bool = False
+    generators: int = Field(1, ge=1, description="independent generators (each trained for `steps`), each "
+                                                 "drawing an equal share of the samples: more modes covered")
     relabel: bool = Field(True, description="label each sample with the expert's prediction among the classes")
 
 
@@ -117,15 +110,8 @@ class GenerativeInversion(KnowledgeSource):
                 z = torch.randn(p.batch_size, p.z_dim, generator=generator).to(device)
                 x01 = gen(z, k)
                 feats, logits = features_and_logits(expert.net, aug((x01 - mean) / std), expert.card.task_id)
-                loss = F.cross_entropy(logits / p.temperature, targets_of[k])
-                if use_bn:
-                    loss = loss + p.w_bn * rec.loss(p.bn_first)
-                if p.w_div:
-                    loss = loss + p.w_div * diversity_loss(feats, k)
-                if p.w_l1:
-                    loss = loss + p.w_l1 * pixel_l1(x01)
-                if p.w_tv:
-                    loss = loss + p.w_tv * total_variation(x01)
+                loss = F.cross_entropy(logits / p.temperature, targets_of[k]) + prior_terms(
+                    p, x01=x01, tv_input=x01, features=feats, labels=k, bn=rec if use_bn else None)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -157,8 +143,11 @@ class GenerativeInversion(KnowledgeSource):
         y = balanced_labels(chosen, n, generator)
         if n == 0:
             return torch.empty((0, *expert.card.input_shape)), y
-        gen = self.train_generator(expert, chosen, generator, progress)
-        x01 = self.sample(gen, chosen, y, generator)
+        x01 = torch.empty((n, *expert.card.input_shape))
+        k = self.params.generators  # type: ignore[attr-defined]
+        for j in range(min(k, n)):  # generator j draws the samples j, j + k, j + 2k, ...
+            gen = self.train_generator(expert, chosen, generator, progress)
+            x01[j::k] = self.sample(gen, chosen, y[j::k], generator)
         if self.params.relabel:  # type: ignore[attr-defined]
             y = predict_among(expert, x01, chosen)
         return x01, y

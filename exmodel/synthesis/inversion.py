@@ -23,7 +23,6 @@ under the normalization), so what the expert was optimised on is exactly the [0,
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -34,14 +33,13 @@ from exmodel.data.types import ImageDataset
 from exmodel.experts.expert import Expert
 from exmodel.progress import Progress
 from exmodel.synthesis.augment import make_augmentation
-from exmodel.synthesis.base import (KnowledgeSource, SourceParams, balanced_labels, check_count, expert_device,
-                                    frozen_expert, num_batches, predict_among, register_source, resolve_classes,
-                                    seeded_global_rng)
-from exmodel.synthesis.priors import (BNStatsRecorder, blur_prior, diversity_loss, l2_prior, pixel_l1,
-                                     total_variation)
+from exmodel.synthesis.base import (KnowledgeSource, balanced_labels, check_count, expert_device, frozen_expert,
+                                    num_batches, predict_among, register_source, resolve_classes, seeded_global_rng)
+from exmodel.synthesis.objective import PriorParams, prior_terms
+from exmodel.synthesis.priors import BNStatsRecorder, blur_prior, l2_prior
 
 
-class OptimisationParams(SourceParams):
+class OptimisationParams(PriorParams):
     """Settings shared by the sources that optimise pixels (inversion, impression).
 
     The paper gives no weights. The priors are per-sample sums over pixels (see
@@ -57,19 +55,8 @@ class OptimisationParams(SourceParams):
     lr: float = Field(0.1, gt=0, description="Adam learning rate on the normalized pixels")
     init_std: float = Field(1.0, gt=0, description="std of the initial Gaussian noise in normalized units "
                                                    "(centred on the dataset mean)")
-    temperature: float = Field(1.0, gt=0, description="softmax temperature τ of the target loss")
     w_l2: float = Field(1e-4, ge=0, description="weight of ||x||² (paper: L2 prior)")
     w_blur: float = Field(1e-3, ge=0, description="weight of ||x − blur(x)||² (paper: blur prior)")
-    w_tv: float = Field(0.0, ge=0, description="weight of total variation (extra)")
-    w_bn: float = Field(1e-3, ge=0, description="weight of BN statistics matching (experts with BN only)")
-    bn_first: float = Field(1.0, ge=0, description="extra factor on the first BN layer's term (DeepInversion: 10)")
-    w_l1: float = Field(0.0, ge=0, description="weight of the summed [0, 1] pixel intensity (dark-background "
-                                               "sparsity prior, extra)")
-    w_div: float = Field(0.0, ge=0, description="weight of the within-class feature diversity loss (extra)")
-    augment: Literal["affine", "none"] = Field("affine", description="augmentation during optimisation")
-    translate: float = Field(0.1, ge=0, lt=1, description="largest shift, fraction of the image side")
-    degrees: float = Field(10.0, ge=0, le=180, description="largest rotation in degrees")
-    hflip: bool = Field(False, description="random horizontal flips (off for digits)")
 
 
 def features_and_logits(net: nn.Module, x: torch.Tensor, task_id: int | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,19 +108,12 @@ def optimise_images(expert: Expert, n: int, generator: torch.Generator, p: Optim
             done = 0
             for step in range(p.steps):
                 feats, logits = features_and_logits(expert.net, aug(x), card.task_id)
-                loss = target_loss(logits, idx)
-                if p.w_l1:
-                    loss = loss + p.w_l1 * pixel_l1(x * std + mean)
+                loss = target_loss(logits, idx) + prior_terms(p, x01=x * std + mean, tv_input=x, features=feats,
+                                                              labels=labels, bn=rec if use_bn else None)
                 if p.w_l2:
                     loss = loss + p.w_l2 * l2_prior(x)
                 if p.w_blur:
                     loss = loss + p.w_blur * blur_prior(x)
-                if p.w_tv:
-                    loss = loss + p.w_tv * total_variation(x)
-                if use_bn:
-                    loss = loss + p.w_bn * rec.loss(p.bn_first)
-                if p.w_div:
-                    loss = loss + p.w_div * diversity_loss(feats, labels)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
