@@ -57,3 +57,27 @@ def test_buffer_samples_figure(tmp_path):
     mod = load_script("buffer_samples")  # a few images per class from every source
     assert mod.main(["--config", str(tiny_config(tmp_path)), "--out", str(out), "--per-class", "2"]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_buffer_sweep_runs_every_size_and_plots(tmp_path, capsys):
+    sweep = load_script("buffer_sweep")
+    out, png = tmp_path / "sweep.json", tmp_path / "sweep.png"
+    base = ["--config", str(tiny_config(tmp_path)), "--out", str(out), "--plot", str(png),
+            "--params", '{"iterations": 2, "batch_size": 8}', "--run-dir", str(tmp_path / "run")]
+    assert sweep.main(base + ["--strategies", "noise_ed,replay_ed", "--sizes", "4,20",
+                              "--params-for", 'noise_ed={"source_params": {"std": 0.2}}']) == 0
+    data = json.loads(out.read_text())
+    assert data["sizes"] == [4, 20] and set(data["strategies"]) == {"noise_ed", "replay_ed"}
+    replay = data["strategies"]["replay_ed"]
+    assert replay["ex_model"] is False and len(replay["stream_accuracy"]["mean"]) == 2
+    cells = json.loads((tmp_path / "run" / "cells" / "replay_ed-N20" / "seed-0.json").read_text())
+    assert cells["type"] == "replay_ed"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "replay_ed        N=4:" in capsys.readouterr().out
+    assert sweep.main(base + ["--strategies", "oracle"]) == 2
+    assert "error: not ED strategies: oracle" in capsys.readouterr().err
+    assert sweep.main(base + ["--strategies", "noise_ed", "--params-for", "mi_ed={}"]) == 2
+    assert "error: not ED strategies: mi_ed (--params-for)" in capsys.readouterr().err
+    config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    noise = [s for s in config["strategies"] if s["name"] == "noise_ed-N4"][0]
+    assert noise["params"] == {"iterations": 2, "batch_size": 8, "source_params": {"std": 0.2}, "buffer_size": 4}
