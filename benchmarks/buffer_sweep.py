@@ -55,9 +55,15 @@ def main(argv: list[str] | None = None) -> int:
     names = [n.strip() for n in args.strategies.split(",") if n.strip()]
     unknown = [n for n in names if n not in list_strategies() or not n.endswith(("_ed", "_ed_paper"))]
     unknown += [f"{n} (--params-for)" for n in own if n not in names]
-    if unknown or not all(isinstance(v, dict) for v in (extra, *own.values())) or min(sizes) < 1:
-        what = f"not ED strategies: {', '.join(unknown)}" if unknown else "--params(-for) must be JSON objects"
-        print(f"error: {what}" if unknown or min(sizes) >= 1 else "error: sizes must be ≥ 1", file=sys.stderr)
+    problem = None
+    if unknown:
+        problem = f"not ED strategies: {', '.join(unknown)}"
+    elif not all(isinstance(v, dict) for v in (extra, *own.values())):
+        problem = "--params(-for) must be JSON objects"
+    elif min(sizes) < 1:
+        problem = "sizes must be ≥ 1"
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     cfg = load_config(args.config)
     cfg.seeds = [int(s) for s in args.seeds.split(",")]

@@ -78,6 +78,10 @@ def test_buffer_sweep_runs_every_size_and_plots(tmp_path, capsys):
     assert "error: not ED strategies: oracle" in capsys.readouterr().err
     assert sweep.main(base + ["--strategies", "noise_ed", "--params-for", "mi_ed={}"]) == 2
     assert "error: not ED strategies: mi_ed (--params-for)" in capsys.readouterr().err
+    assert sweep.main(base + ["--strategies", "noise_ed", "--params", "[1]"]) == 2
+    assert "error: --params(-for) must be JSON objects" in capsys.readouterr().err
+    assert sweep.main(base + ["--strategies", "noise_ed", "--sizes", "0,4"]) == 2
+    assert "error: sizes must be ≥ 1" in capsys.readouterr().err
     config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     noise = [s for s in config["strategies"] if s["name"] == "noise_ed-N4"][0]
     assert noise["params"] == {"iterations": 2, "batch_size": 8, "source_params": {"std": 0.2}, "buffer_size": 4}

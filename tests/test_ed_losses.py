@@ -68,6 +68,15 @@ def test_masked_mse_and_ed_loss_by_hand():
     assert total.item() == pytest.approx(4.0 + 0.5 * ce.item(), rel=1e-6)
 
 
+def test_ed_loss_label_smoothing_by_hand():
+    pred = torch.tensor([[1.0, 2.0, 0.0]])
+    logp = torch.log_softmax(pred, 1)[0]
+    eps = 0.3  # target: 1 − ε + ε/3 on the label, ε/3 elsewhere
+    want = -((1 - eps + eps / 3) * logp[1] + eps / 3 * (logp[0] + logp[2]))
+    _, _, ce = ed_loss(pred, torch.zeros(1, 3), torch.tensor([1]), lambda_ce=1.0, label_smoothing=eps)
+    assert ce.item() == pytest.approx(want.item(), rel=1e-6)
+
+
 def test_new_samples_per_step_is_floor_n_over_i():
     assert [new_samples_per_step(5000, s) for s in range(5)] == [5000, 2500, 1666, 1250, 1000]
 

@@ -62,13 +62,13 @@ def test_model_inversion_ed_runs_and_is_deterministic():
     assert 0.0 <= a["stream_accuracy"] <= 1.0
 
 
-def test_ed_rejects_bad_params_and_mt():
+def test_ed_rejects_bad_params():
     from exmodel.errors import ConfigError
     from exmodel.strategies import StreamInfo
 
     info = StreamInfo("mt", 4, (1, 28, 28), (0.1,), (0.3,), ((0, 1), (2, 3)), 2)
-    with pytest.raises(ExmodelError, match="multi-task"):
-        build_strategy("mi_ed", {}, info, 0)
+    with pytest.raises(ExmodelError, match="normalize must be one of standardize, l2, none"):
+        build_strategy("mi_ed", {"normalize": "softmax"}, info, 0)
     with pytest.raises(ConfigError, match="unknown param 'buffer'"):
         build_strategy("mi_ed", {"buffer": 3}, info, 0)
     with pytest.raises(ConfigError, match="knowledge source 'generative': unknown param 'stepz'"):

@@ -9,6 +9,9 @@ The learner keeps one model and a fixed-size buffer. For each expert of the stre
    targets of Eq. 6-9 (previous model for old classes, expert for its classes) and the loss of
    Eq. 10-11 (MSE + λ_CE · CE); see ``ed_losses.py``.
 
+In multi-task (MT) streams it is the paper's multi-head variant: old heads from the previous model,
+the new head from the expert, every softmax restricted to the sample's task (``ed_multitask.py``).
+
 Between experts it keeps only the model and the buffer; the previous model used for the targets is a
 temporary copy. Each knowledge source is registered twice: ``<x>_ed_paper`` with the paper's settings
 as far as the paper and its reference-code README give them, and ``<x>_ed`` with our defaults.
@@ -44,6 +47,7 @@ class EDParams(Params):
     weight_decay: float = 0.0
     lambda_ce: float = 1.0  # λ_CE of Eq. 11
     mse_weight: float = 1.0
+    label_smoothing: float = Field(0.0, ge=0, lt=1)  # ε of the CE term (ours; the paper uses hard labels)
     normalize: str = "standardize"  # Eq. 6-7; see ed_losses.normalize_logits
     augment: bool = True  # Sec. 4.1: synthetic images are augmented during distillation too
     translate: float = 0.1
@@ -56,6 +60,7 @@ class EDParams(Params):
     arch: str | None = None  # the ex-model's architecture; default: the first expert's
     arch_kwargs: dict[str, Any] = Field(default_factory=dict)
     quantize_buffer: bool = True  # keep the buffer as uint8 images (4× smaller than float32)
+    expert_head: bool = True  # MT streams: the new task's head (and, first, the network) from the expert
 
 
 def fit_input(x01: torch.Tensor, shape) -> torch.Tensor:
@@ -76,8 +81,11 @@ class ExModelDistillation(Strategy):
         p = self.params
         if p.normalize not in NORMALIZATIONS:
             raise ExmodelError(f"{self.type_name}: normalize must be one of {', '.join(NORMALIZATIONS)}")
+        self.class_masks = None  # MT: (K, K) each class's task classes; see ed_multitask
         if self.info.kind == "mt":
-            raise ExmodelError(f"{self.type_name}: multi-task (MT) streams are not supported by ED yet")
+            from exmodel.strategies.ed_multitask import task_class_masks
+
+            self.class_masks = task_class_masks(self.info.task_classes, self.info.num_classes).to(self.device)
         # ``source_params`` given in a config update the preset's instead of replacing them.
         fields = type(self).Params.model_fields
         preset = fields["source_params"].get_default(call_default_factory=True)
@@ -117,7 +125,8 @@ class ExModelDistillation(Strategy):
     def observe(self, step: Step, expert, data, progress=None) -> None:
         p = self.params
         expert = expert.to(self.device).eval()
-        if self.model is None:
+        first = self.model is None
+        if first:
             self.model = self._build_model(expert)
         n_new = new_samples_per_step(p.buffer_size, step.index)
         x, y = self.source.generate(expert, n_new, self.generator, data=data, progress=progress)
@@ -126,6 +135,10 @@ class ExModelDistillation(Strategy):
         expert_classes = torch.zeros(self.info.num_classes, dtype=torch.bool)
         expert_classes[list(expert.card.trained_class_ids)] = True
         prev = copy.deepcopy(self.model).eval() if step.index > 0 else None
+        if self.class_masks is not None and p.expert_head:
+            from exmodel.strategies.ed_multitask import take_expert_head
+
+            take_expert_head(self.model.net, expert, step.classes, first)
         self._distill(expert, prev, self.seen.clone(), expert_classes, progress, step.index)
         self.seen |= expert_classes
 
@@ -148,9 +161,11 @@ class ExModelDistillation(Strategy):
             with torch.no_grad():
                 t_exp = expert.global_logits(fit_input(x, expert.card.input_shape), fill=float("nan"))
                 t_prev = prev(self._front(x)) if prev is not None else None
+                allowed = self.class_masks[y] if self.class_masks is not None else None
                 target = ed_targets(t_prev, t_exp, y, prev_classes.to(self.device), expert_classes.to(self.device),
-                                    p.normalize)
-            loss, _, _ = ed_loss(model(self._front(x)), target, y, p.lambda_ce, p.mse_weight)
+                                    p.normalize, allowed)
+            loss, _, _ = ed_loss(model(self._front(x)), target, y, p.lambda_ce, p.mse_weight, p.label_smoothing,
+                                 allowed)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -168,7 +183,8 @@ class ExModelDistillation(Strategy):
 
     @torch.no_grad()
     def predict(self, x01: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
-        return self.model.eval()(self._front(x01))
+        scores = self.model.eval()(self._front(x01))
+        return scores if self.class_masks is None else self.mask_to_tasks(scores, task_ids)
 
     def state(self):
         return {"model": self.model, "buffer_images": self.buffer.images, "buffer_labels": self.buffer.labels}
