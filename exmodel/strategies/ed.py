@@ -30,6 +30,7 @@ from exmodel.errors import ExmodelError
 from exmodel.strategies.base import Params, Step, Strategy, register_strategy
 from exmodel.strategies.buffer import Buffer, new_samples_per_step
 from exmodel.strategies.ed_losses import NORMALIZATIONS, ed_loss, ed_targets
+from exmodel.strategies.ed_multitask import take_expert_head, task_class_masks
 from exmodel.strategies.learner import Learner
 from exmodel.synthesis.priors import gaussian_blur3x3
 from exmodel.training import FitSettings, make_optimizer
@@ -83,8 +84,6 @@ class ExModelDistillation(Strategy):
             raise ExmodelError(f"{self.type_name}: normalize must be one of {', '.join(NORMALIZATIONS)}")
         self.class_masks = None  # MT: (K, K) each class's task classes; see ed_multitask
         if self.info.kind == "mt":
-            from exmodel.strategies.ed_multitask import task_class_masks
-
             self.class_masks = task_class_masks(self.info.task_classes, self.info.num_classes).to(self.device)
         # ``source_params`` given in a config update the preset's instead of replacing them.
         fields = type(self).Params.model_fields
@@ -136,8 +135,6 @@ class ExModelDistillation(Strategy):
         expert_classes[list(expert.card.trained_class_ids)] = True
         prev = copy.deepcopy(self.model).eval() if step.index > 0 else None
         if self.class_masks is not None and p.expert_head:
-            from exmodel.strategies.ed_multitask import take_expert_head
-
             take_expert_head(self.model.net, expert, step.classes, first)
         self._distill(expert, prev, self.seen.clone(), expert_classes, progress, step.index)
         self.seen |= expert_classes
