@@ -93,4 +93,6 @@ def test_replay_ed_on_a_multi_task_stream_keeps_every_task():
     R = rec["task_aware_accuracy_matrix"]
     assert rec["accuracy_matrix"] == R  # MT results are scored with the task label
     assert R[0][0] > 0.85  # after step 0 the ex-model is the first expert (2-way task, far above 0.5)
-    assert min(R[-1]) > 0.75  # every task is still solved after the last step
+    # every task is still solved after the last step, about as well as its own expert solves it (the
+    # experts of this tiny stream are 68-95 %, and the last digits move with the thread count)
+    assert all(R[-1][t] > max(0.6, e.card.test_accuracy - 0.1) for t, e in enumerate(experts))

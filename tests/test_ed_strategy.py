@@ -54,6 +54,13 @@ def test_replay_ed_learns_the_stream_and_beats_noise():
     assert replay["stream_accuracy"] > noise["stream_accuracy"] + 0.3
 
 
+def test_replay_ed_learns_with_mixup_ema_and_cosine_schedule():
+    params = {"buffer_size": 300, "iterations": 150, "batch_size": 64, "mixup": 0.4, "ema": 0.95,
+              "lr_schedule": "cosine"}
+    rec = run(cfg_for([{"name": "replay_ed", "params": params}]), "replay_ed")
+    assert rec["stream_accuracy"] > 0.6
+
+
 def test_model_inversion_ed_runs_and_is_deterministic():
     params = {"buffer_size": 40, "iterations": 10, "batch_size": 16, "source_params": {"steps": 5, "batch_size": 20}}
     cfg = cfg_for([{"name": "mi_ed", "params": params}], n_experiences=2, per_class=20, epochs=1)

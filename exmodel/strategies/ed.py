@@ -29,8 +29,9 @@ from pydantic import Field, create_model
 from exmodel.errors import ExmodelError
 from exmodel.strategies.base import Params, Step, Strategy, register_strategy
 from exmodel.strategies.buffer import Buffer, new_samples_per_step
-from exmodel.strategies.ed_losses import NORMALIZATIONS, ed_loss, ed_targets
+from exmodel.strategies.ed_losses import NORMALIZATIONS, ed_loss, ed_targets, mix_targets
 from exmodel.strategies.ed_multitask import take_expert_head, task_class_masks
+from exmodel.strategies.ed_schedule import WeightEMA, mixup_inputs, soft_labels
 from exmodel.strategies.learner import Learner
 from exmodel.synthesis.priors import gaussian_blur3x3
 from exmodel.training import FitSettings, make_optimizer
@@ -57,6 +58,9 @@ class EDParams(Params):
     jitter_morph: float = Field(0.0, ge=0, le=1)  # style jitter in distillation: P(dilation or erosion)
     jitter_gamma: float = Field(0.0, ge=0)  # ... log-range of a random gamma (with contrast stretch)
     jitter_blur: float = Field(0.0, ge=0, le=1)  # ... P(3×3 Gaussian blur); see augment.StyleJitter
+    mixup: float = Field(0.0, ge=0)  # α of Beta(α, α) mixup of buffer images in distillation; 0: off (ed_schedule)
+    ema: float = Field(0.0, ge=0, lt=1)  # decay of an EMA of the student's weights within a step; 0: off
+    lr_schedule: str = "constant"  # or "cosine": the distillation lr decays to 0 over each step's iterations
     smooth: int = Field(0, ge=0)  # passes of a 3×3 Gaussian blur on distillation inputs (hides pixel texture)
     arch: str | None = None  # the ex-model's architecture; default: the first expert's
     arch_kwargs: dict[str, Any] = Field(default_factory=dict)
@@ -71,6 +75,9 @@ def fit_input(x01: torch.Tensor, shape) -> torch.Tensor:
     return F.interpolate(x01, size=tuple(shape[1:]), mode="bilinear", align_corners=False).clamp_(0, 1)
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
 class ExModelDistillation(Strategy):
     source_name: ClassVar[str] = "model_inversion"
     Params: ClassVar[type[Params]] = EDParams
@@ -82,6 +89,10 @@ class ExModelDistillation(Strategy):
         p = self.params
         if p.normalize not in NORMALIZATIONS:
             raise ExmodelError(f"{self.type_name}: normalize must be one of {', '.join(NORMALIZATIONS)}")
+        if p.lr_schedule not in LR_SCHEDULES:
+            raise ExmodelError(f"{self.type_name}: lr_schedule must be one of {', '.join(LR_SCHEDULES)}")
+        if p.mixup and self.info.kind == "mt":
+            raise ExmodelError(f"{self.type_name}: mixup mixes tasks; it is not available on multi-task streams")
         self.class_masks = None  # MT: (K, K) each class's task classes; see ed_multitask
         if self.info.kind == "mt":
             self.class_masks = task_class_masks(self.info.task_classes, self.info.num_classes).to(self.device)
@@ -144,7 +155,10 @@ class ExModelDistillation(Strategy):
         model = self.model.train()
         opt = make_optimizer(model.parameters(), FitSettings(lr=p.lr, optimizer=p.optimizer, momentum=p.momentum,
                                                              weight_decay=p.weight_decay))
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, p.iterations) if p.lr_schedule == "cosine" else None
+        ema = WeightEMA(model, p.ema) if p.ema else None
         task = progress.add(f"{self.type_name} distil step {index}", total=p.iterations) if progress else None
+        prev_classes, expert_classes = prev_classes.to(self.device), expert_classes.to(self.device)
         n = len(self.buffer)
         for _ in range(p.iterations):
             idx = torch.randint(n, (min(p.batch_size, n),), generator=self.generator)
@@ -155,19 +169,34 @@ class ExModelDistillation(Strategy):
                     x = self.augment(x)
             if self.jitter is not None:
                 x = self.jitter(x)
+            mixed = mixup_inputs(x, p.mixup, self.generator) if p.mixup else None
+            if mixed is not None:
+                x = mixed[0]
             with torch.no_grad():
                 t_exp = expert.global_logits(fit_input(x, expert.card.input_shape), fill=float("nan"))
                 t_prev = prev(self._front(x)) if prev is not None else None
                 allowed = self.class_masks[y] if self.class_masks is not None else None
-                target = ed_targets(t_prev, t_exp, y, prev_classes.to(self.device), expert_classes.to(self.device),
-                                    p.normalize, allowed)
-            loss, _, _ = ed_loss(model(self._front(x)), target, y, p.lambda_ce, p.mse_weight, p.label_smoothing,
+                target = ed_targets(t_prev, t_exp, y, prev_classes, expert_classes, p.normalize, allowed)
+                label = y
+                if mixed is not None:
+                    _, perm, lam = mixed
+                    y_b = y[perm]
+                    target = mix_targets(target, ed_targets(t_prev, t_exp, y_b, prev_classes, expert_classes,
+                                                            p.normalize), lam)
+                    label = soft_labels(y, perm, lam, self.info.num_classes)
+            loss, _, _ = ed_loss(model(self._front(x)), target, label, p.lambda_ce, p.mse_weight, p.label_smoothing,
                                  allowed)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if sched is not None:
+                sched.step()
+            if ema is not None:
+                ema.update(model)
             if task is not None:
                 progress.advance(task)
+        if ema is not None:
+            ema.copy_to(model)
         if task is not None:
             progress.remove(task)
         model.eval()

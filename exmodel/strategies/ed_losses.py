@@ -76,9 +76,12 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def masked_cross_entropy(logits: torch.Tensor, y: torch.Tensor, allowed: torch.Tensor | None = None,
                          label_smoothing: float = 0.0) -> torch.Tensor:
     """Mean CE of a softmax over each sample's ``allowed`` classes (all of them if None); a fraction
-    ``label_smoothing`` of the target is spread uniformly over those classes."""
+    ``label_smoothing`` of the target is spread uniformly over those classes. ``y`` holds class
+    indices (B,) or, without ``allowed``, class probabilities (B, K) (mixup)."""
     if allowed is None:
         return F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+    if y.dim() != 1:
+        raise ValueError("masked_cross_entropy: soft labels cannot be restricted to allowed classes")
     if not bool(allowed.gather(1, y.view(-1, 1)).all()):
         raise ValueError("masked_cross_entropy: a label lies outside its sample's allowed classes")
     logp = torch.log_softmax(logits.masked_fill(~allowed, float("-inf")), 1)
@@ -89,11 +92,20 @@ def masked_cross_entropy(logits: torch.Tensor, y: torch.Tensor, allowed: torch.T
     return ((1 - label_smoothing) * nll + label_smoothing * uniform).mean()
 
 
+def mix_targets(target_a: torch.Tensor, target_b: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """Mixup of two (B, K) target rows with per-sample weights ``lam`` (B,): λ·a + (1 − λ)·b; a unit
+    that has a target in only one of them keeps that one, and NaN where neither has one."""
+    lam = lam.view(-1, 1).to(target_a.dtype)
+    mixed = lam * target_a + (1 - lam) * target_b
+    return torch.where(torch.isnan(target_a), target_b, torch.where(torch.isnan(target_b), target_a, mixed))
+
+
 def ed_loss(student_logits: torch.Tensor, targets: torch.Tensor, y: torch.Tensor, lambda_ce: float,
             mse_weight: float = 1.0, label_smoothing: float = 0.0,
             allowed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Eq. 11; returns (total, mse, ce). ``label_smoothing`` ε (ours, 0 in the paper) spreads ε of the
-    CE target uniformly over the classes; ``allowed`` restricts the CE softmax (multi-task)."""
+    CE target uniformly over the classes; ``allowed`` restricts the CE softmax (multi-task); ``y`` may
+    be class probabilities (B, K) instead of indices (mixup)."""
     mse = masked_mse(student_logits, targets)
     ce = masked_cross_entropy(student_logits, y, allowed, label_smoothing)
     return mse_weight * mse + lambda_ce * ce, mse, ce
