@@ -69,6 +69,26 @@ def test_model_inversion_ed_runs_and_is_deterministic():
     assert 0.0 <= a["stream_accuracy"] <= 1.0
 
 
+def test_fresh_draws_replace_only_the_current_experts_samples(monkeypatch):
+    from exmodel.synthesis.generative import GenerativeInversion
+
+    calls = []
+    redraw = GenerativeInversion.redraw
+    monkeypatch.setattr(GenerativeInversion, "redraw",
+                        lambda self, y, g: calls.append(y.tolist()) or redraw(self, y, g))
+    params = {"buffer_size": 40, "iterations": 6, "batch_size": 16, "fresh": True,
+              "source_params": {"steps": 3, "batch_size": 16}}
+    cfg = cfg_for([{"name": "mi_ed", "params": params}], n_experiences=2, per_class=20, epochs=1)
+    stream, experts, _ = experts_for(cfg, load_dataset("mnist"), "embedded", 0, None)
+    first, second = set(stream[0].classes), set(stream[1].classes)
+    a = run_cell(cfg, "mi_ed", stream, experts, 0)
+    # step 0: the whole buffer is the first expert's (every batch redrawn); step 1: only the second's
+    assert len(calls) == 12 and all(len(c) == 16 and set(c) <= first for c in calls[:6])
+    assert all(0 < len(c) < 16 and set(c) <= second for c in calls[6:])
+    calls.clear()
+    assert run_cell(cfg, "mi_ed", stream, experts, 0)["accuracy_matrix"] == a["accuracy_matrix"]  # seeded
+
+
 def test_ed_rejects_bad_params():
     from exmodel.errors import ConfigError
     from exmodel.strategies import StreamInfo

@@ -338,6 +338,23 @@ def test_several_generators_each_draw_an_interleaved_share(expert, monkeypatch):
     assert len(trained) == 2
 
 
+def test_generative_redraws_fresh_images_until_released(expert):
+    src = build_source("generative", {"steps": 3, "batch_size": 16, "relabel": False})
+    assert src.redraw(torch.tensor([3]), gen(0)) is None  # nothing generated yet
+    x, _ = src.generate(expert, 8, gen(5))
+    want = torch.tensor([3, 7, 7, 3, 3])
+    x2, y2 = src.redraw(want, gen(6))
+    assert torch.equal(y2, want) and x2.shape == (5, 1, 28, 28) and 0.0 <= x2.min() and x2.max() <= 1.0
+    assert not any(torch.equal(a, b) for a in x2 for b in x)  # new codes, new images
+    relabelled = build_source("generative", {"steps": 3, "batch_size": 16, "relabel": True})
+    relabelled.generate(expert, 8, gen(5))
+    x3, y3 = relabelled.redraw(want, gen(6))
+    assert torch.equal(y3, trained_prediction(expert, x3))  # fresh images are labelled like the buffer's
+    src.release()
+    assert src.redraw(want, gen(6)) is None
+    assert build_source("noise").redraw(want, gen(6)) is None  # sources without a generator draw no more
+
+
 def test_prior_terms_adds_each_weighted_prior_by_hand():
     from exmodel.synthesis.objective import PriorParams, prior_terms
     from exmodel.synthesis.priors import diversity_loss, total_variation

@@ -61,6 +61,7 @@ class EDParams(Params):
     mixup: float = Field(0.0, ge=0)  # α of Beta(α, α) mixup of buffer images in distillation; 0: off (ed_schedule)
     ema: float = Field(0.0, ge=0, lt=1)  # decay of an EMA of the student's weights within a step; 0: off
     lr_schedule: str = "constant"  # or "cosine": the distillation lr decays to 0 over each step's iterations
+    fresh: bool = False  # generator sources: the current expert's buffer samples are redrawn for every batch
     smooth: int = Field(0, ge=0)  # passes of a 3×3 Gaussian blur on distillation inputs (hides pixel texture)
     arch: str | None = None  # the ex-model's architecture; default: the first expert's
     arch_kwargs: dict[str, Any] = Field(default_factory=dict)
@@ -147,10 +148,13 @@ class ExModelDistillation(Strategy):
         prev = copy.deepcopy(self.model).eval() if step.index > 0 else None
         if self.class_masks is not None and p.expert_head:
             take_expert_head(self.model.net, expert, step.classes, first)
-        self._distill(expert, prev, self.seen.clone(), expert_classes, progress, step.index)
+        try:
+            self._distill(expert, prev, self.seen.clone(), expert_classes, progress, step.index, n_new)
+        finally:
+            self.source.release()  # a generator kept for fresh draws lives for this step only
         self.seen |= expert_classes
 
-    def _distill(self, expert, prev, prev_classes, expert_classes, progress, index) -> None:
+    def _distill(self, expert, prev, prev_classes, expert_classes, progress, index, n_new) -> None:
         p = self.params
         model = self.model.train()
         opt = make_optimizer(model.parameters(), FitSettings(lr=p.lr, optimizer=p.optimizer, momentum=p.momentum,
@@ -164,6 +168,8 @@ class ExModelDistillation(Strategy):
             idx = torch.randint(n, (min(p.batch_size, n),), generator=self.generator)
             x = self.buffer.float_images(idx).to(self.device)
             y = self.buffer.labels[idx].to(self.device)
+            if p.fresh:
+                x, y = self._redraw(x, y, idx >= n - n_new)
             if self.augment is not None:
                 with torch.no_grad():
                     x = self.augment(x)
@@ -200,6 +206,18 @@ class ExModelDistillation(Strategy):
         if task is not None:
             progress.remove(task)
         model.eval()
+
+    def _redraw(self, x, y, new: torch.Tensor):
+        """Replace the batch's samples of the current expert (``new``) by fresh ones from the source."""
+        if not bool(new.any()):
+            return x, y
+        drawn = self.source.redraw(y[new.to(y.device)], self.generator)
+        if drawn is None:
+            return x, y
+        x, y = x.clone(), y.clone()
+        x[new.to(x.device)] = drawn[0].to(x.device)
+        y[new.to(y.device)] = drawn[1].to(y.device)
+        return x, y
 
     def _front(self, x01: torch.Tensor) -> torch.Tensor:
         """The ex-model's fixed input stage: ``smooth`` Gaussian blurs, in training and prediction alike."""

@@ -71,6 +71,15 @@ class KnowledgeSource(ABC):
                  progress: Progress | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` images in [0, 1] and their global labels; see the module docstring."""
 
+    def redraw(self, y: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Fresh images for the requested global labels ``y`` from the expert of the last
+        :meth:`generate` call, and their labels; None for sources that cannot draw more cheaply
+        (only generator-based sources can). :meth:`release` ends this."""
+        return None
+
+    def release(self) -> None:
+        """Drop whatever :meth:`generate` kept for :meth:`redraw` (nothing is kept between experts)."""
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.params!r})"
 

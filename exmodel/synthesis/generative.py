@@ -145,9 +145,29 @@ class GenerativeInversion(KnowledgeSource):
             return torch.empty((0, *expert.card.input_shape)), y
         x01 = torch.empty((n, *expert.card.input_shape))
         k = self.params.generators  # type: ignore[attr-defined]
+        gens = []
         for j in range(min(k, n)):  # generator j draws the samples j, j + k, j + 2k, ...
-            gen = self.train_generator(expert, chosen, generator, progress)
-            x01[j::k] = self.sample(gen, chosen, y[j::k], generator)
-        if self.params.relabel:  # type: ignore[attr-defined]
-            y = predict_among(expert, x01, chosen)
-        return x01, y
+            gens.append(self.train_generator(expert, chosen, generator, progress))
+            x01[j::k] = self.sample(gens[-1], chosen, y[j::k], generator)
+        self._kept = (expert, chosen, gens)  # for redraw(), until release()
+        return x01, self._label(expert, x01, y, chosen)
+
+    def _label(self, expert: Expert, x01: torch.Tensor, y: torch.Tensor, chosen: list[int]) -> torch.Tensor:
+        return predict_among(expert, x01, chosen) if self.params.relabel else y  # type: ignore[attr-defined]
+
+    def redraw(self, y: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor] | None:
+        kept = getattr(self, "_kept", None)
+        if kept is None:
+            return None
+        expert, chosen, gens = kept
+        y = y.cpu()
+        which = torch.randint(len(gens), (len(y),), generator=generator)
+        x01 = torch.empty((len(y), *expert.card.input_shape))
+        for j, gen in enumerate(gens):
+            m = which == j
+            if m.any():
+                x01[m] = self.sample(gen, chosen, y[m], generator)
+        return x01, self._label(expert, x01, y, chosen)
+
+    def release(self) -> None:
+        self._kept = None
