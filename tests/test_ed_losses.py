@@ -47,22 +47,6 @@ def test_targets_follow_eq9():
     assert torch.allclose(ed_targets(None, exp, y, prev_cls, exp_cls), ys)  # first expert: no previous model
 
 
-def test_cross_targets_let_each_model_speak_for_its_own_classes():
-    prev = torch.tensor([[4.0, 1.0, 0.0, 2.0]] * 3)
-    exp = torch.tensor([[0.0, 3.0, 1.0, 8.0]] * 3)
-    y = torch.tensor([0, 3, 1])
-    prev_cls = torch.tensor([True, True, False, False])  # 0 only the previous model's, 3 only the expert's, 1 both
-    exp_cls = torch.tensor([False, True, False, True])
-    t = ed_targets(prev, exp, y, prev_cls, exp_cls, cross=True)
-    yp, ys = normalize_logits(prev), normalize_logits(exp)
-    assert torch.allclose(t[0], torch.stack([yp[0, 0], yp[0, 1], yp[0, 2], ys[0, 3]]))  # unit 3: the expert's
-    assert torch.allclose(t[1], torch.stack([yp[1, 0], ys[1, 1], ys[1, 2], ys[1, 3]]))  # unit 0: the previous
-    assert torch.allclose(t[2], (yp[2] + ys[2]) / 2)  # a class of both: Eq. 9 unchanged
-    local = torch.tensor([[NAN, 3.0, NAN, 8.0]])  # an expert without a unit keeps the previous model's target
-    t = ed_targets(prev[:1], local, torch.tensor([0]), prev_cls, torch.tensor([False, True, False, True]), cross=True)
-    assert torch.allclose(t[0, 3], normalize_logits(local)[0, 3]) and torch.allclose(t[0, 2], yp[0, 2])
-
-
 def test_local_head_expert_leaves_other_units_to_previous_model():
     prev = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
     exp = torch.tensor([[NAN, 5.0, 1.0, NAN]])  # the expert has units for classes 1 and 2 only

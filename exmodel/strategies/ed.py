@@ -61,7 +61,6 @@ class EDParams(Params):
     mixup: float = Field(0.0, ge=0)  # α of Beta(α, α) mixup of buffer images in distillation; 0: off (ed_schedule)
     ema: float = Field(0.0, ge=0, lt=1)  # decay of an EMA of the student's weights within a step; 0: off
     lr_schedule: str = "constant"  # or "cosine": the distillation lr decays to 0 over each step's iterations
-    cross_targets: bool = False  # each teacher also gives the targets of its own classes on the other's samples
     fresh: bool = False  # generator sources: the current expert's buffer samples are redrawn for every batch
     smooth: int = Field(0, ge=0)  # passes of a 3×3 Gaussian blur on distillation inputs (hides pixel texture)
     arch: str | None = None  # the ex-model's architecture; default: the first expert's
@@ -183,14 +182,13 @@ class ExModelDistillation(Strategy):
                 t_exp = expert.global_logits(fit_input(x, expert.card.input_shape), fill=float("nan"))
                 t_prev = prev(self._front(x)) if prev is not None else None
                 allowed = self.class_masks[y] if self.class_masks is not None else None
-                target = ed_targets(t_prev, t_exp, y, prev_classes, expert_classes, p.normalize, allowed,
-                                    p.cross_targets)
+                target = ed_targets(t_prev, t_exp, y, prev_classes, expert_classes, p.normalize, allowed)
                 label = y
                 if mixed is not None:
                     _, perm, lam = mixed
                     y_b = y[perm]
                     target = mix_targets(target, ed_targets(t_prev, t_exp, y_b, prev_classes, expert_classes,
-                                                            p.normalize, cross=p.cross_targets), lam)
+                                                            p.normalize), lam)
                     label = soft_labels(y, perm, lam, self.info.num_classes)
             loss, _, _ = ed_loss(model(self._front(x)), target, label, p.lambda_ce, p.mse_weight, p.label_smoothing,
                                  allowed)

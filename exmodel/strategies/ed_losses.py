@@ -47,15 +47,12 @@ def normalize_logits(z: torch.Tensor, mode: str = "standardize", eps: float = 1e
 
 def ed_targets(prev_logits: torch.Tensor | None, expert_logits: torch.Tensor, y: torch.Tensor,
                prev_classes: torch.Tensor, expert_classes: torch.Tensor, mode: str = "standardize",
-               allowed: torch.Tensor | None = None, cross: bool = False) -> torch.Tensor:
+               allowed: torch.Tensor | None = None) -> torch.Tensor:
     """Eq. 9. ``prev_classes``/``expert_classes`` are boolean masks over the K global classes (Y_prev,
     Y_i); ``expert_logits`` is (B, K) with NaN where the expert has no output unit. Samples whose label
     belongs to neither model's classes take the expert's target (cannot happen with the buffer of
     Algorithm 1, whose labels always come from some expert). ``allowed`` (B, K), multi-task only:
-    the units that may carry a target (each sample's task classes). ``cross`` (ours): each model
-    also speaks for its own classes on the other model's samples — the units of classes only the
-    previous model knows take its target on the expert's samples, and those only the expert knows take
-    the expert's on the previous model's samples (Eq. 9 gives every unit of a sample to one model)."""
+    the units that may carry a target (each sample's task classes)."""
     if allowed is not None:
         expert_logits = expert_logits.masked_fill(~allowed, float("nan"))
         prev_logits = None if prev_logits is None else prev_logits.masked_fill(~allowed, float("nan"))
@@ -66,12 +63,7 @@ def ed_targets(prev_logits: torch.Tensor | None, expert_logits: torch.Tensor, y:
     in_prev = prev_classes[y].unsqueeze(1)
     in_exp = expert_classes[y].unsqueeze(1)
     both = torch.where(torch.isnan(y_s), y_m, 0.5 * (y_s + y_m))
-    prev_rows, exp_rows = y_m, y_s
-    if cross:
-        prev_only, exp_only = prev_classes & ~expert_classes, expert_classes & ~prev_classes
-        prev_rows = torch.where(exp_only & ~torch.isnan(y_s), y_s, y_m)
-        exp_rows = torch.where(prev_only, y_m, y_s)
-    return torch.where(in_prev & in_exp, both, torch.where(in_prev, prev_rows, exp_rows))
+    return torch.where(in_prev & in_exp, both, torch.where(in_prev, y_m, y_s))
 
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
