@@ -258,6 +258,20 @@ def test_auxiliary_balance_picks_a_class_balanced_subset(expert):
     assert torch.equal(y, trained_prediction(expert, x))
 
 
+def test_auxiliary_redraws_images_the_expert_assigns_to_the_requested_class(expert):
+    fashion = load_dataset("fashion_mnist").train
+    src = build_source("auxiliary")
+    want = torch.tensor([3, 7, 7, 3, 3, 7])
+    assert src.redraw(want, gen(0)) is None  # nothing generated yet
+    src.generate(expert, 10, gen(3))
+    x, y = src.redraw(want, gen(4))
+    assert torch.equal(y, trained_prediction(expert, x)) and torch.equal(y, want)
+    pixels = {bytes(img) for img in fashion.images.flatten(1).numpy()}
+    assert {bytes(img) for img in (x * 255).round().to(torch.uint8).flatten(1).numpy()} <= pixels
+    src.release()
+    assert src.redraw(want, gen(4)) is None
+
+
 def test_balanced_subset_by_hand():
     labels = torch.tensor([3, 3, 3, 7, 3])
     # quotas 2 + 2: positions 0, 1 (class 3) and 3 (class 7); class 7 is one short -> position 2

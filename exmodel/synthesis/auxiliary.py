@@ -18,6 +18,11 @@ images are often dominated by one class, so the distillation buffer ends up with
 others. We then label a larger pool of ``pool_factor·n`` images and keep a class-balanced subset by
 predicted label (the pool is capped at the dataset size unless ``n`` itself is larger); classes with
 too few pool images are topped up with the remaining pool images.
+
+:meth:`AuxiliaryData.redraw` (ED's ``fresh`` option) labels the whole dataset once per expert and then
+draws, for each requested class, a random image the expert assigns to that class (any image when the
+expert assigns none to it), so a distillation step sees the whole auxiliary dataset rather than the
+buffer's share of it.
 """
 
 from __future__ import annotations
@@ -106,4 +111,26 @@ class AuxiliaryData(KnowledgeSource):
         if p.balance:
             keep = balanced_subset(y, chosen, n, generator)
             x01, y = x01[keep], y[keep]
+        self._kept = (aux, expert, chosen)
+        self._pool = None
         return x01, y
+
+    def redraw(self, y: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if getattr(self, "_kept", None) is None:
+            return None
+        aux, expert, chosen = self._kept
+        if self._pool is None:  # the expert's label of every image, once per expert
+            labels = torch.cat([predict_among(expert, aux.float_images(torch.arange(i, min(i + 4096, len(aux)))),
+                                              chosen, self.params.batch_size)  # type: ignore[attr-defined]
+                                for i in range(0, len(aux), 4096)])
+            self._pool = {c: torch.nonzero(labels == c).flatten() for c in chosen}
+            self._pool_labels = labels
+        idx = torch.randint(len(aux), (len(y),), generator=generator)
+        for c, members in self._pool.items():
+            m = (y.cpu() == c)
+            if m.any() and len(members):
+                idx[m] = members[torch.randint(len(members), (int(m.sum()),), generator=generator)]
+        return aux.float_images(idx), self._pool_labels[idx]
+
+    def release(self) -> None:
+        self._kept, self._pool = None, None
