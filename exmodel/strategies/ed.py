@@ -275,7 +275,8 @@ DEFAULT: dict[str, dict[str, Any]] = {
     # style jitter: 71.8 % on validation, against 55.7 % without the jitter.
     "di": {**_OURS_COMMON, "source_params": {**_OURS_PRIORS, **_PAPER_PIXELS, "temperature": 20.0, "beta": 1.0},
            **_OURS_JITTER},
-    "aux": {**_OURS_COMMON, "source_params": {"dataset": "fashion_mnist", "balance": True}},
+    # Auxiliary data, class-balanced, with the style jitter: 28.2 % on validation against 23.0 % without.
+    "aux": {**_OURS_COMMON, "source_params": {"dataset": "fashion_mnist", "balance": True}, **_OURS_JITTER},
     "replay": {**_OURS_COMMON},
     "noise": {**_OURS_COMMON},
 }
