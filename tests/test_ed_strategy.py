@@ -116,6 +116,19 @@ def test_config_source_params_update_the_preset():
         paper.source.params.lr, paper.source.params.w_bn, paper.source.params.steps) == (0.6, 1.0, 200)
 
 
+def test_default_presets_jitter_every_synthetic_source_and_di_uses_the_converged_pixel_optimiser():
+    from exmodel.strategies import StreamInfo
+
+    info = StreamInfo("nc", 4, (1, 28, 28), (0.1,), (0.3,), ((0, 1), (2, 3)), 2)
+    for name in ("mi_ed", "di_ed", "aux_ed"):
+        s = build_strategy(name, {}, info, 0)
+        assert (s.jitter.morph, s.jitter.gamma, s.jitter.blur) == (0.5, 0.7, 0.3)
+    for name in ("mi_ed_paper", "di_ed_paper", "aux_ed_paper", "replay_ed", "noise_ed"):
+        assert build_strategy(name, {}, info, 0).jitter is None
+    di = build_strategy("di_ed", {}, info, 0).source.params
+    assert (di.lr, di.steps, di.w_bn, di.w_tv, di.temperature) == (0.6, 200, 1.0, 0.01, 20.0)
+
+
 def test_source_override_drops_the_preset_settings_and_sets_the_flags():
     from exmodel.strategies import StreamInfo
 
