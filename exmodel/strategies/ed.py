@@ -61,7 +61,7 @@ class EDParams(Params):
     mixup: float = Field(0.0, ge=0)  # α of Beta(α, α) mixup of buffer images in distillation; 0: off (ed_schedule)
     ema: float = Field(0.0, ge=0, lt=1)  # decay of an EMA of the student's weights within a step; 0: off
     lr_schedule: str = "constant"  # or "cosine": the distillation lr decays to 0 over each step's iterations
-    fresh: bool = False  # generator sources: the current expert's buffer samples are redrawn for every batch
+    fresh: bool = False  # generative / auxiliary sources: redraw the current expert's samples in every batch
     smooth: int = Field(0, ge=0)  # passes of a 3×3 Gaussian blur on distillation inputs (hides pixel texture)
     arch: str | None = None  # the ex-model's architecture; default: the first expert's
     arch_kwargs: dict[str, Any] = Field(default_factory=dict)

@@ -1,5 +1,6 @@
 """Training aids of our ED distillation loop (not in the paper): mixup of buffer samples, an
-exponential moving average (EMA) of the student's weights, and the learning-rate schedule.
+exponential moving average (EMA) of the student's weights, and the learning-rate schedule (ED's
+``fresh`` redraws are the sources' ``redraw``).
 
 * **Mixup** (Zhang et al. 2018) of buffer images across the batch: ``x = λ·x_a + (1 − λ)·x_b`` with
   ``λ ~ Beta(α, α)`` per sample. The teachers are queried on the mixed image itself; the ED target is
@@ -7,8 +8,8 @@ exponential moving average (EMA) of the student's weights, and the learning-rate
   ``ed_losses.mix_targets``) and the CE label is the same mixture of one-hot vectors. Mixed images of
   two experts' classes are images that neither expert's synthetic data covers: the boundary between
   classes that never met in one training set.
-* **EMA** of the student's parameters during one distillation step (BN statistics copied from the
-  student); the step ends with the averaged weights. Nothing of it is kept between experts.
+* **EMA** of the student's parameters during one distillation step (BN statistics are the
+  student's); the step ends with the averaged weights. Nothing of it is kept between experts.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def soft_labels(y: torch.Tensor, perm: torch.Tensor, lam: torch.Tensor, num_clas
 
 class WeightEMA:
     """``ema ← decay·ema + (1 − decay)·student`` after every optimiser step; ``copy_to`` writes the
-    average (and the student's BN buffers) back into the student."""
+    average into the student's parameters (its BatchNorm statistics stay the student's own)."""
 
     def __init__(self, model: nn.Module, decay: float) -> None:
         if not 0 < decay < 1:

@@ -133,4 +133,4 @@ class AuxiliaryData(KnowledgeSource):
         return aux.float_images(idx), self._pool_labels[idx]
 
     def release(self) -> None:
-        self._kept, self._pool = None, None
+        self._kept, self._pool, self._pool_labels = None, None, None
