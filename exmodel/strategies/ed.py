@@ -209,14 +209,12 @@ class ExModelDistillation(Strategy):
 
     def _redraw(self, x, y, new: torch.Tensor):
         """Replace the batch's samples of the current expert (``new``) by fresh ones from the source."""
-        if not bool(new.any()):
-            return x, y
-        drawn = self.source.redraw(y[new.to(y.device)], self.generator)
+        new = new.to(self.device)
+        drawn = self.source.redraw(y[new], self.generator) if bool(new.any()) else None
         if drawn is None:
             return x, y
         x, y = x.clone(), y.clone()
-        x[new.to(x.device)] = drawn[0].to(x.device)
-        y[new.to(y.device)] = drawn[1].to(y.device)
+        x[new], y[new] = drawn[0].to(self.device), drawn[1].to(self.device)
         return x, y
 
     def _front(self, x01: torch.Tensor) -> torch.Tensor:

@@ -81,6 +81,9 @@ class AuxiliaryData(KnowledgeSource):
     """Paper Sec. 4, "Auxiliary Data"; see the module docstring."""
 
     Params = AuxiliaryParams
+    _kept: tuple | None = None  # (dataset, expert, classes) of the last generate(), for redraw()
+    _pool: dict | None = None  # class -> indices of the images the expert assigns to it
+    _pool_labels: torch.Tensor | None = None  # the expert's label of every image
 
     def dataset(self) -> ImageDataset:
         p: AuxiliaryParams = self.params  # type: ignore[assignment]
@@ -116,7 +119,7 @@ class AuxiliaryData(KnowledgeSource):
         return x01, y
 
     def redraw(self, y: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor] | None:
-        if getattr(self, "_kept", None) is None:
+        if self._kept is None:
             return None
         aux, expert, chosen = self._kept
         if self._pool is None:  # the expert's label of every image, once per expert
@@ -126,8 +129,9 @@ class AuxiliaryData(KnowledgeSource):
             self._pool = {c: torch.nonzero(labels == c).flatten() for c in chosen}
             self._pool_labels = labels
         idx = torch.randint(len(aux), (len(y),), generator=generator)
+        y = y.cpu()
         for c, members in self._pool.items():
-            m = (y.cpu() == c)
+            m = y == c
             if m.any() and len(members):
                 idx[m] = members[torch.randint(len(members), (int(m.sum()),), generator=generator)]
         return aux.float_images(idx), self._pool_labels[idx]

@@ -74,7 +74,7 @@ class KnowledgeSource(ABC):
     def redraw(self, y: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Fresh images for the requested global labels ``y`` from the expert of the last
         :meth:`generate` call, and their labels; None for sources that cannot draw more cheaply
-        (only generator-based sources can). :meth:`release` ends this."""
+        (``generative`` and ``auxiliary`` can). :meth:`release` ends this."""
         return None
 
     def release(self) -> None:

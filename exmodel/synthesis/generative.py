@@ -89,6 +89,7 @@ class GenerativeInversion(KnowledgeSource):
     """See the module docstring."""
 
     Params = GenerativeParams
+    _kept: tuple | None = None  # (expert, classes, generators) of the last generate(), for redraw()
 
     def train_generator(self, expert: Expert, chosen: list[int], generator: torch.Generator,
                         progress: Progress | None = None) -> ConditionalGenerator:
@@ -149,17 +150,16 @@ class GenerativeInversion(KnowledgeSource):
         for j in range(min(k, n)):  # generator j draws the samples j, j + k, j + 2k, ...
             gens.append(self.train_generator(expert, chosen, generator, progress))
             x01[j::k] = self.sample(gens[-1], chosen, y[j::k], generator)
-        self._kept = (expert, chosen, gens)  # for redraw(), until release()
+        self._kept = (expert, chosen, gens)
         return x01, self._label(expert, x01, y, chosen)
 
     def _label(self, expert: Expert, x01: torch.Tensor, y: torch.Tensor, chosen: list[int]) -> torch.Tensor:
         return predict_among(expert, x01, chosen) if self.params.relabel else y  # type: ignore[attr-defined]
 
     def redraw(self, y: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor] | None:
-        kept = getattr(self, "_kept", None)
-        if kept is None:
+        if self._kept is None:
             return None
-        expert, chosen, gens = kept
+        expert, chosen, gens = self._kept
         y = y.cpu()
         which = torch.randint(len(gens), (len(y),), generator=generator)
         x01 = torch.empty((len(y), *expert.card.input_shape))
