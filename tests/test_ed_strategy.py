@@ -1,6 +1,7 @@
 """Ex-Model Distillation end to end on small real streams (embedded MNIST subsets)."""
 
 import pytest
+import torch
 
 from exmodel.config import load_config
 from exmodel.data import load_dataset
@@ -89,6 +90,25 @@ def test_fresh_draws_replace_only_the_current_experts_samples(monkeypatch):
     assert run_cell(cfg, "mi_ed", stream, experts, 0)["accuracy_matrix"] == a["accuracy_matrix"]  # seeded
 
 
+def test_the_previous_ex_model_guides_generation_from_the_second_expert_on(monkeypatch):
+    from exmodel.synthesis.generative import GenerativeInversion
+
+    guides = []
+    generate = GenerativeInversion.generate
+    monkeypatch.setattr(GenerativeInversion, "generate",
+                        lambda self, *a, guide=None, **k: guides.append(guide) or generate(self, *a, guide=guide, **k))
+    params = {"buffer_size": 40, "iterations": 4, "batch_size": 16,
+              "source_params": {"steps": 3, "batch_size": 16, "w_guide": 1.0}}
+    cfg = cfg_for([{"name": "mi_ed", "params": params}], n_experiences=5, per_class=20, epochs=1)
+    stream, experts, _ = experts_for(cfg, load_dataset("mnist"), "embedded", 0, None)
+    run_cell(cfg, "mi_ed", stream, experts, 0)
+    assert guides[0] is None and len(guides) == 5
+    for step, guide in enumerate(guides[1:], start=1):
+        known = sorted(c for exp in stream[:step] for c in exp.classes)
+        assert torch.nonzero(guide.classes).flatten().tolist() == known
+        assert not any(p.requires_grad for p in guide.model.parameters()) and not guide.model.training
+
+
 def test_ed_rejects_bad_params():
     from exmodel.errors import ConfigError
     from exmodel.strategies import StreamInfo
@@ -96,6 +116,8 @@ def test_ed_rejects_bad_params():
     info = StreamInfo("mt", 4, (1, 28, 28), (0.1,), (0.3,), ((0, 1), (2, 3)), 2)
     with pytest.raises(ExmodelError, match="normalize must be one of standardize, l2, none"):
         build_strategy("mi_ed", {"normalize": "softmax"}, info, 0)
+    with pytest.raises(ExmodelError, match="mi_ed: norm must be one of batch, layer, none"):
+        build_strategy("mi_ed", {"norm": "group"}, info, 0)
     with pytest.raises(ConfigError, match="unknown param 'buffer'"):
         build_strategy("mi_ed", {"buffer": 3}, info, 0)
     with pytest.raises(ConfigError, match="knowledge source 'generative': unknown param 'stepz'"):
@@ -159,6 +181,21 @@ def test_smooth_front_end_applies_in_prediction():
     x = torch.rand(3, 1, 8, 8)
     assert torch.allclose(s.predict(x, torch.zeros(3, dtype=torch.long)),
                           s.model(gaussian_blur3x3(gaussian_blur3x3(x))))
+
+
+@pytest.mark.parametrize("norm, layers", [(None, 4), ("batch", 4), ("layer", 0), ("none", 0)])
+def test_the_ex_model_takes_the_experts_architecture_with_the_chosen_norm(norm, layers):
+    from types import SimpleNamespace
+
+    from exmodel.strategies import StreamInfo
+
+    info = StreamInfo("nc", 4, (1, 28, 28), (0.1,), (0.3,), ((0, 1), (2, 3)), 2)
+    card = SimpleNamespace(arch="lenet_bn", arch_kwargs={"num_classes": 2},
+                           normalization=SimpleNamespace(mean=[0.5], std=[0.25]))
+    model = build_strategy("noise_ed", {"norm": norm}, info, 0)._build_model(SimpleNamespace(card=card))
+    assert len(model.net.bn_layers()) == layers and model.net.arch_name == "lenet_bn"
+    assert model.net.arch_kwargs["norm"] == (norm or "batch")
+    assert model.mean.item() == 0.5 and model(torch.rand(2, 1, 28, 28)).shape == (2, 4)  # the stream's classes
 
 
 def test_style_jitter_is_built_from_the_params_and_only_in_training():

@@ -282,7 +282,7 @@ def test_unknown_architecture_lists_available() -> None:
 
 def test_unknown_option_names_key_and_allowed() -> None:
     with pytest.raises(ConfigError, match=r"unknown option\(s\) 'widht' for architecture 'resnet18'; "
-                                          r"allowed: num_classes, in_channels, input_size, heads, width$"):
+                                          r"allowed: num_classes, in_channels, input_size, heads, width, norm$"):
         build_model("resnet18", widht=8)
 
 
@@ -305,7 +305,7 @@ def test_bad_option_values(name: str, kwargs: dict, message: str) -> None:
 def test_model_signature_lists_defaults() -> None:
     sig = model_signature("mlp")
     assert sig == {"num_classes": 10, "in_channels": 1, "input_size": 28, "heads": None,
-                   "hidden": [400, 400], "batchnorm": False, "dropout": 0.0}
+                   "hidden": [400, 400], "batchnorm": False, "dropout": 0.0, "norm": "batch"}
     sig["hidden"].append(1)  # a copy: the factory default is untouched
     assert model_signature("mlp")["hidden"] == [400, 400]
     assert model_signature("mobilenetv2")["in_channels"] == 3
@@ -333,7 +333,7 @@ def test_registering_a_new_architecture(monkeypatch: pytest.MonkeyPatch) -> None
     assert "tiny" in list_models()
     model = build_model("tiny", num_classes=3)
     assert model.arch_name == "tiny" and model.arch_kwargs == {
-        "num_classes": 3, "in_channels": 1, "input_size": 4, "heads": None}
+        "num_classes": 3, "in_channels": 1, "input_size": 4, "heads": None, "norm": "batch"}
     assert tiny(heads=(2, 2)).arch_kwargs["heads"] == [2, 2]  # direct calls record too, tuples -> lists
     assert model(torch.zeros(2, 1, 4, 4)).shape == (2, 3)
 
@@ -343,3 +343,44 @@ def test_registering_a_new_architecture(monkeypatch: pytest.MonkeyPatch) -> None
         register_model("broken")(lambda num_classes=10: Tiny(num_classes, 1, 4, None))
     with pytest.raises(TypeError, match=r"without default: \['depth'\]"):
         register_model("broken")(lambda depth, num_classes=10, in_channels=1, input_size=4, heads=None: None)
+
+
+@pytest.mark.parametrize("name", ["lenet_bn", "resnet20"])
+def test_replace_batchnorm_swaps_every_bn_for_per_sample_or_no_normalization(name: str) -> None:
+    from exmodel.models.base import replace_batchnorm
+
+    side = 28 if name == "lenet_bn" else 32
+    channels = 1 if name == "lenet_bn" else 3
+    torch.manual_seed(0)
+    x = torch.rand(6, channels, side, side)
+    for kind, layer in (("layer", nn.GroupNorm), ("none", nn.Identity)):
+        net = build_model(name, in_channels=channels, input_size=side)
+        n_bn = len(net.bn_layers())
+        assert replace_batchnorm(net, kind) == n_bn and not net.bn_layers()
+        assert sum(isinstance(m, layer) for m in net.modules()) >= n_bn
+        net.train()  # no batch statistics: a sample's output does not depend on the rest of its batch
+        assert torch.allclose(net(x)[:1], net(x[:1]), atol=1e-5)
+    net = build_model(name, in_channels=channels, input_size=side)
+    assert replace_batchnorm(net, "batch") == 0 and len(net.bn_layers()) > 0
+    with pytest.raises(ValueError, match="norm must be one of batch, layer, none"):
+        replace_batchnorm(net, "group")
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_every_architecture_takes_norm_and_rebuilds_with_it(name: str) -> None:
+    model = small(name, norm="layer")
+    assert model.arch_kwargs["norm"] == "layer" and not model.bn_layers()
+    again = build_model(name, **json.loads(json.dumps(model.arch_kwargs)))
+    assert again.state_dict().keys() == model.state_dict().keys()  # a bundle's weights load into it
+    with pytest.raises(ConfigError, match=f"{name}: 'norm' must be one of batch, layer, none, got 'group'"):
+        build_model(name, norm="group")
+
+
+def test_layer_swap_normalizes_each_sample_by_hand() -> None:
+    from exmodel.models.base import replace_batchnorm
+
+    seq = nn.Sequential(nn.BatchNorm2d(2))
+    replace_batchnorm(seq, "layer")
+    x = torch.tensor([[[[1.0, 3.0]], [[5.0, 7.0]]]])  # one sample, 2 channels, 1 × 2 positions
+    want = (x - 4.0) / (5.0 + 1e-5) ** 0.5  # mean 4 and variance 5 over all of the sample's values
+    assert torch.allclose(seq(x), want, atol=1e-5)

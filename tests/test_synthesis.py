@@ -7,6 +7,7 @@ from collections import Counter
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from exmodel.data.registry import load_dataset
 from exmodel.errors import ConfigError
@@ -15,6 +16,7 @@ from exmodel.experts.expert import Expert
 from exmodel.models import build_model
 from exmodel.synthesis import balanced_labels, build_source, list_sources
 from exmodel.synthesis.auxiliary import balanced_subset
+from exmodel.synthesis.guide import Guide
 from exmodel.synthesis.impression import class_similarity, dirichlet_concentration
 from exmodel.training import FitSettings, fit
 
@@ -367,6 +369,25 @@ def test_generative_redraws_fresh_images_until_released(expert):
     src.release()
     assert src.redraw(want, gen(6)) is None
     assert build_source("noise").redraw(want, gen(6)) is None  # sources without a generator draw no more
+
+
+class BrightIsFive(torch.nn.Module):
+    """A stand-in previous ex-model: its logit for class 5 grows with the image's brightness."""
+
+    def forward(self, x01: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(len(x01), 10)
+        return out + F.one_hot(torch.tensor(5), 10) * 20 * x01.mean((1, 2, 3)).unsqueeze(1)
+
+
+def test_a_guide_steers_the_generator_away_from_old_classes(expert):
+    params = {"steps": 60, "batch_size": 32, "relabel": False, "w_bn": 0.0}
+    guide = Guide(BrightIsFive(), torch.arange(10) == 5, (1, 28, 28))
+    plain, _ = build_source("generative", params).generate(expert, 64, torch.Generator().manual_seed(0))
+    off, _ = build_source("generative", params).generate(expert, 64, torch.Generator().manual_seed(0), guide=guide)
+    assert torch.equal(plain, off)  # w_guide 0: the guide is ignored
+    guided, _ = build_source("generative", {**params, "w_guide": 5.0}).generate(
+        expert, 64, torch.Generator().manual_seed(0), guide=guide)
+    assert guided.mean().item() < plain.mean().item() - 0.05  # darker: less of an old "5" to the guide
 
 
 def test_prior_terms_adds_each_weighted_prior_by_hand():

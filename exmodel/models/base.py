@@ -116,6 +116,32 @@ class ExModelNet(nn.Module):
         return [(name, self.get_submodule(name)) for name in self._feature_layer_names]
 
 
+NORM_SWAPS = ("batch", "layer", "none")
+
+
+def replace_batchnorm(net: nn.Module, kind: str) -> int:
+    """Swap every BatchNorm layer of ``net`` in place and return how many were swapped.
+
+    ``batch`` keeps them; ``layer`` puts a per-sample normalization in their place (``GroupNorm`` with
+    one group: mean and variance over each sample's channels and positions, with the same affine
+    parameters per channel); ``none`` removes them (``Identity``). Per-sample or no normalization keeps
+    no running statistics, so a network trained on one input distribution (synthetic images) does not
+    carry that distribution's statistics to another (real images)."""
+    if kind not in NORM_SWAPS:
+        raise ValueError(f"norm must be one of {', '.join(NORM_SWAPS)}, got '{kind}'")
+    if kind == "batch":
+        return 0
+    count = 0
+    for name, child in list(net.named_children()):
+        if isinstance(child, _BatchNorm):
+            new = nn.Identity() if kind == "none" else nn.GroupNorm(1, child.num_features)
+            setattr(net, name, new)
+            count += 1
+        else:
+            count += replace_batchnorm(child, kind)
+    return count
+
+
 # --------------------------------------------------------------------------------------- validation
 # Factories check their options with these so bad config values fail with one line naming the key.
 

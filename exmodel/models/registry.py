@@ -9,6 +9,10 @@ options, and returns an :class:`~exmodel.models.base.ExModelNet`.
 The decorator records on every model it builds ``arch_name`` and ``arch_kwargs`` (all of the
 factory's keyword arguments, defaults filled in, as JSON-friendly values) so that
 ``build_model(m.arch_name, **m.arch_kwargs)`` rebuilds the same architecture.
+
+Every architecture also takes ``norm``: ``"batch"`` (default) keeps its BatchNorm layers, ``"layer"``
+and ``"none"`` swap them for per-sample normalization or nothing
+(:func:`~exmodel.models.base.replace_batchnorm`); it is recorded in ``arch_kwargs`` like the rest.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import inspect
 from typing import Any, Callable, TypeVar
 
 from exmodel.errors import ConfigError
-from exmodel.models.base import ExModelNet
+from exmodel.models.base import NORM_SWAPS, ExModelNet, replace_batchnorm
 
 # Keyword arguments every factory must accept.
 COMMON_KWARGS = ("num_classes", "in_channels", "input_size", "heads")
@@ -50,16 +54,21 @@ def register_model(name: str) -> Callable[[F], F]:
                 f"factory for {name!r} must take {', '.join(COMMON_KWARGS)} and give every argument "
                 f"a default (missing: {missing}, without default: {no_default})"
             )
+        if "norm" in params:
+            raise TypeError(f"factory for {name!r} must not take 'norm' (every architecture gets it from the registry)")
         signature = inspect.signature(factory)
 
         @functools.wraps(factory)
-        def build(*args: Any, **kwargs: Any) -> ExModelNet:
+        def build(*args: Any, norm: str = "batch", **kwargs: Any) -> ExModelNet:
+            if norm not in NORM_SWAPS:
+                raise ConfigError(f"{name}: 'norm' must be one of {', '.join(NORM_SWAPS)}, got {norm!r}")
             bound = signature.bind(*args, **kwargs)
             bound.apply_defaults()
             recorded = {k: _jsonable(v) for k, v in bound.arguments.items()}
             model = factory(*bound.args, **bound.kwargs)
+            replace_batchnorm(model, norm)
             model.arch_name = name
-            model.arch_kwargs = recorded
+            model.arch_kwargs = {**recorded, "norm": norm}
             return model
 
         _REGISTRY[name] = build
@@ -85,7 +94,7 @@ def _factory(name: str) -> Callable[..., ExModelNet]:
 def model_signature(name: str) -> dict[str, Any]:
     """The keyword arguments architecture ``name`` accepts, mapped to their defaults."""
     params = inspect.signature(_factory(name)).parameters
-    return {k: copy.deepcopy(p.default) for k, p in params.items()}
+    return {**{k: copy.deepcopy(p.default) for k, p in params.items()}, "norm": "batch"}
 
 
 def build_model(name: str, **kwargs: Any) -> ExModelNet:

@@ -23,16 +23,18 @@ import copy
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field, create_model
 
 from exmodel.errors import ExmodelError
+from exmodel.models.base import NORM_SWAPS
 from exmodel.strategies.base import Params, Step, Strategy, register_strategy
 from exmodel.strategies.buffer import Buffer, new_samples_per_step
 from exmodel.strategies.ed_losses import NORMALIZATIONS, ed_loss, ed_targets, mix_targets
 from exmodel.strategies.ed_multitask import take_expert_head, task_class_masks
 from exmodel.strategies.ed_schedule import WeightEMA, mixup_inputs, soft_labels
 from exmodel.strategies.learner import Learner
+from exmodel.synthesis.base import fit_input
+from exmodel.synthesis.guide import Guide
 from exmodel.synthesis.priors import gaussian_blur3x3
 from exmodel.training import FitSettings, make_optimizer
 
@@ -65,15 +67,12 @@ class EDParams(Params):
     smooth: int = Field(0, ge=0)  # passes of a 3×3 Gaussian blur on distillation inputs (hides pixel texture)
     arch: str | None = None  # the ex-model's architecture; default: the first expert's
     arch_kwargs: dict[str, Any] = Field(default_factory=dict)
+    # The ex-model's BatchNorm layers: None as the architecture has them, "batch" keeps them, "layer"
+    # makes them per-sample, "none" drops them (BN running statistics learnt on synthetic images misjudge
+    # real ones; see models.base.replace_batchnorm)
+    norm: str | None = None
     quantize_buffer: bool = True  # keep the buffer as uint8 images (4× smaller than float32)
     expert_head: bool = True  # MT streams: the new task's head (and, first, the network) from the expert
-
-
-def fit_input(x01: torch.Tensor, shape) -> torch.Tensor:
-    """Resize images to another (C, H, W) with the same channels (experts trained at other resolutions)."""
-    if tuple(x01.shape[1:]) == tuple(shape):
-        return x01
-    return F.interpolate(x01, size=tuple(shape[1:]), mode="bilinear", align_corners=False).clamp_(0, 1)
 
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -90,6 +89,8 @@ class ExModelDistillation(Strategy):
         p = self.params
         if p.normalize not in NORMALIZATIONS:
             raise ExmodelError(f"{self.type_name}: normalize must be one of {', '.join(NORMALIZATIONS)}")
+        if p.norm is not None and p.norm not in NORM_SWAPS:
+            raise ExmodelError(f"{self.type_name}: norm must be one of {', '.join(NORM_SWAPS)}")
         if p.lr_schedule not in LR_SCHEDULES:
             raise ExmodelError(f"{self.type_name}: lr_schedule must be one of {', '.join(LR_SCHEDULES)}")
         if p.mixup and self.info.kind == "mt":
@@ -131,6 +132,8 @@ class ExModelDistillation(Strategy):
         info = self.info
         norm = expert.card.normalization  # the ex-model sees inputs like the first expert does
         info = type(info)(**{**info.__dict__, "mean": tuple(norm.mean), "std": tuple(norm.std)})
+        if self.params.norm is not None:
+            kwargs["norm"] = self.params.norm
         return Learner(info, arch, kwargs).to(self.device)
 
     def observe(self, step: Step, expert, data, progress=None) -> None:
@@ -140,12 +143,15 @@ class ExModelDistillation(Strategy):
         if first:
             self.model = self._build_model(expert)
         n_new = new_samples_per_step(p.buffer_size, step.index)
-        x, y = self.source.generate(expert, n_new, self.generator, data=data, progress=progress)
+        prev = self._frozen_copy() if step.index > 0 else None
+        guide = {}
+        if prev is not None and self.source.accepts_guide:  # the previous ex-model judges the new samples too
+            guide = {"guide": Guide(prev, self.seen.clone().to(self.device), tuple(self.info.input_shape))}
+        x, y = self.source.generate(expert, n_new, self.generator, data=data, progress=progress, **guide)
         x = fit_input(x, self.info.input_shape)
         self.buffer.update(step.index, x, y, self.generator)
         expert_classes = torch.zeros(self.info.num_classes, dtype=torch.bool)
         expert_classes[list(expert.card.trained_class_ids)] = True
-        prev = copy.deepcopy(self.model).eval() if step.index > 0 else None
         if self.class_masks is not None and p.expert_head:
             take_expert_head(self.model.net, expert, step.classes, first)
         try:
@@ -206,6 +212,13 @@ class ExModelDistillation(Strategy):
         if task is not None:
             progress.remove(task)
         model.eval()
+
+    def _frozen_copy(self) -> Learner:
+        """A copy of the current ex-model in eval mode without gradients: the teacher of old classes."""
+        prev = copy.deepcopy(self.model).eval()
+        for param in prev.parameters():
+            param.requires_grad_(False)
+        return prev
 
     def _redraw(self, x, y, new: torch.Tensor):
         """Replace the batch's samples of the current expert (``new``) by fresh ones from the source."""

@@ -33,6 +33,7 @@ from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict
 
 from exmodel.data.types import ImageDataset
@@ -55,6 +56,7 @@ class KnowledgeSource(ABC):
     name: ClassVar[str] = ""
     ex_model: ClassVar[bool] = True  # uses nothing but the expert (False: reads real data)
     needs_data: ClassVar[bool] = False  # generate() requires ``data``
+    accepts_guide: ClassVar[bool] = False  # generate() takes ``guide=`` (the previous ex-model; see guide.py)
     Params: ClassVar[type[SourceParams]] = SourceParams
 
     def __init__(self, params: SourceParams | None = None, *, data_dir: str | None = None) -> None:
@@ -213,6 +215,13 @@ def predict_among(expert: Expert, x01: torch.Tensor, classes: Sequence[int], bat
             if task is not None and progress is not None:
                 progress.advance(task)
     return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+
+
+def fit_input(x01: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Resize images to another (C, H, W) with the same channels (models trained at other resolutions)."""
+    if tuple(x01.shape[1:]) == tuple(shape):
+        return x01
+    return F.interpolate(x01, size=tuple(shape[1:]), mode="bilinear", align_corners=False).clamp(0, 1)
 
 
 def num_batches(n: int, batch_size: int) -> int:

@@ -22,6 +22,7 @@ classes as its label.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -32,9 +33,10 @@ from exmodel.data.types import ImageDataset
 from exmodel.experts.expert import Expert
 from exmodel.progress import Progress
 from exmodel.synthesis.augment import make_augmentation
-from exmodel.synthesis.base import (KnowledgeSource, balanced_labels, check_count, expert_device,
+from exmodel.synthesis.base import (KnowledgeSource, balanced_labels, check_count, expert_device, fit_input,
                                     frozen_expert, predict_among, register_source, resolve_classes,
                                     seeded_global_rng)
+from exmodel.synthesis.guide import Guide, guided_cross_entropy
 from exmodel.synthesis.inversion import features_and_logits, local_index
 from exmodel.synthesis.objective import PriorParams, prior_terms
 from exmodel.synthesis.priors import BNStatsRecorder
@@ -82,6 +84,8 @@ class GenerativeParams(PriorParams):
     generators: int = Field(1, ge=1, description="independent generators (each trained for `steps`), each "
                                                  "drawing an equal share of the samples: more modes covered")
     relabel: bool = Field(True, description="label each sample with the expert's prediction among the classes")
+    w_guide: float = Field(0.0, ge=0, description="weight of the combined old/new class loss with the previous "
+                                                  "ex-model as guide (see guide.py); 0: off")
 
 
 @register_source("generative")
@@ -89,15 +93,17 @@ class GenerativeInversion(KnowledgeSource):
     """See the module docstring."""
 
     Params = GenerativeParams
+    accepts_guide: ClassVar[bool] = True
     _kept: tuple | None = None  # (expert, classes, generators) of the last generate(), for redraw()
 
     def train_generator(self, expert: Expert, chosen: list[int], generator: torch.Generator,
-                        progress: Progress | None = None) -> ConditionalGenerator:
+                        progress: Progress | None = None, guide: Guide | None = None) -> ConditionalGenerator:
         p: GenerativeParams = self.params  # type: ignore[assignment]
         device = expert_device(expert)
         mean, std = expert.mean.to(device), expert.std.to(device)
         classes = torch.tensor(chosen, dtype=torch.long)
         targets_of = local_index(expert, classes).to(device)  # expert output unit of each chosen class
+        guided = guide is not None and p.w_guide > 0 and bool(guide.classes.any())
         aug = make_augmentation(p.translate, p.degrees, p.hflip, kind=p.augment)
         task = progress.add(f"generator ({expert.card.name})", total=p.steps) if progress is not None else None
         with frozen_expert(expert), seeded_global_rng(generator, device), BNStatsRecorder(expert.net) as rec:
@@ -113,6 +119,10 @@ class GenerativeInversion(KnowledgeSource):
                 feats, logits = features_and_logits(expert.net, aug((x01 - mean) / std), expert.card.task_id)
                 loss = F.cross_entropy(logits / p.temperature, targets_of[k]) + prior_terms(
                     p, x01=x01, tv_input=x01, features=feats, labels=k, bn=rec if use_bn else None)
+                if guided:
+                    g = guide.model(fit_input(x01, guide.input_shape))
+                    loss = loss + p.w_guide * guided_cross_entropy(g, logits, classes.to(device)[k], guide.classes,
+                                                                   targets_of.tolist(), chosen)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -138,7 +148,8 @@ class GenerativeInversion(KnowledgeSource):
 
     def generate(self, expert: Expert, n: int, generator: torch.Generator, *,
                  classes: Sequence[int] | None = None, data: ImageDataset | None = None,
-                 progress: Progress | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 progress: Progress | None = None, guide: Guide | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """See :meth:`KnowledgeSource.generate`; ``guide`` (the previous ex-model) is used when ``w_guide > 0``."""
         check_count(n)
         chosen = resolve_classes(expert, classes)
         y = balanced_labels(chosen, n, generator)
@@ -148,7 +159,7 @@ class GenerativeInversion(KnowledgeSource):
         k = self.params.generators  # type: ignore[attr-defined]
         gens = []
         for j in range(min(k, n)):  # generator j draws the samples j, j + k, j + 2k, ...
-            gens.append(self.train_generator(expert, chosen, generator, progress))
+            gens.append(self.train_generator(expert, chosen, generator, progress, guide))
             x01[j::k] = self.sample(gens[-1], chosen, y[j::k], generator)
         self._kept = (expert, chosen, gens)
         return x01, self._label(expert, x01, y, chosen)
