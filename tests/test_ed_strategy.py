@@ -116,7 +116,7 @@ def test_ed_rejects_bad_params():
     info = StreamInfo("mt", 4, (1, 28, 28), (0.1,), (0.3,), ((0, 1), (2, 3)), 2)
     with pytest.raises(ExmodelError, match="normalize must be one of standardize, l2, none"):
         build_strategy("mi_ed", {"normalize": "softmax"}, info, 0)
-    with pytest.raises(ExmodelError, match="mi_ed: norm must be one of batch, layer, none"):
+    with pytest.raises(ExmodelError, match="mi_ed: norm must be one of batch, layer, none, auto"):
         build_strategy("mi_ed", {"norm": "group"}, info, 0)
     with pytest.raises(ConfigError, match="unknown param 'buffer'"):
         build_strategy("mi_ed", {"buffer": 3}, info, 0)
@@ -149,6 +149,8 @@ def test_default_presets_jitter_every_synthetic_source_and_di_uses_the_converged
         assert build_strategy(name, {}, info, 0).jitter is None
     di = build_strategy("di_ed", {}, info, 0).source.params
     assert (di.lr, di.steps, di.w_bn, di.w_tv, di.temperature) == (0.6, 200, 1.0, 0.01, 20.0)
+    for name in ("mi_ed", "mi_ed_paper"):  # the experts' architecture, BatchNorm included
+        assert build_strategy(name, {}, info, 0).params.norm is None
 
 
 def test_source_override_drops_the_preset_settings_and_sets_the_flags():
@@ -183,18 +185,20 @@ def test_smooth_front_end_applies_in_prediction():
                           s.model(gaussian_blur3x3(gaussian_blur3x3(x))))
 
 
-@pytest.mark.parametrize("norm, layers", [(None, 4), ("batch", 4), ("layer", 0), ("none", 0)])
-def test_the_ex_model_takes_the_experts_architecture_with_the_chosen_norm(norm, layers):
+@pytest.mark.parametrize("kind, norm, built, layers", [
+    ("nc", None, "batch", 4), ("nc", "batch", "batch", 4), ("nc", "layer", "layer", 0), ("nc", "none", "none", 0),
+    ("nc", "auto", "none", 0), ("mt", "auto", "batch", 4)])  # MT: the ex-model starts as the first expert
+def test_the_ex_model_takes_the_experts_architecture_with_the_chosen_norm(kind, norm, built, layers):
     from types import SimpleNamespace
 
     from exmodel.strategies import StreamInfo
 
-    info = StreamInfo("nc", 4, (1, 28, 28), (0.1,), (0.3,), ((0, 1), (2, 3)), 2)
+    info = StreamInfo(kind, 4, (1, 28, 28), (0.1,), (0.3,), ((0, 1), (2, 3)), 2)
     card = SimpleNamespace(arch="lenet_bn", arch_kwargs={"num_classes": 2},
                            normalization=SimpleNamespace(mean=[0.5], std=[0.25]))
     model = build_strategy("noise_ed", {"norm": norm}, info, 0)._build_model(SimpleNamespace(card=card))
     assert len(model.net.bn_layers()) == layers and model.net.arch_name == "lenet_bn"
-    assert model.net.arch_kwargs["norm"] == (norm or "batch")
+    assert model.net.arch_kwargs["norm"] == built
     assert model.mean.item() == 0.5 and model(torch.rand(2, 1, 28, 28)).shape == (2, 4)  # the stream's classes
 
 
