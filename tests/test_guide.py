@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from exmodel.synthesis.guide import guided_cross_entropy, standardize
+from exmodel.strategies.ed_losses import normalize_logits
+from exmodel.synthesis.guide import guided_cross_entropy
 
 
-def test_standardize_by_hand():
+def test_the_experts_logits_are_standardized_like_the_targets():
     z = torch.tensor([[1.0, 3.0], [2.0, 2.0]])
-    out = standardize(z)
+    out = normalize_logits(z, "standardize")
     assert torch.allclose(out[0], torch.tensor([-1.0, 1.0]), atol=1e-5)
     assert torch.allclose(out[1], torch.zeros(2))  # a constant row stays finite
 

@@ -104,6 +104,7 @@ class GenerativeInversion(KnowledgeSource):
         classes = torch.tensor(chosen, dtype=torch.long)
         targets_of = local_index(expert, classes).to(device)  # expert output unit of each chosen class
         guided = guide is not None and p.w_guide > 0 and bool(guide.classes.any())
+        global_of, columns = classes.to(device), targets_of.tolist()  # for the guide: global id, expert unit
         aug = make_augmentation(p.translate, p.degrees, p.hflip, kind=p.augment)
         task = progress.add(f"generator ({expert.card.name})", total=p.steps) if progress is not None else None
         with frozen_expert(expert), seeded_global_rng(generator, device), BNStatsRecorder(expert.net) as rec:
@@ -121,8 +122,8 @@ class GenerativeInversion(KnowledgeSource):
                     p, x01=x01, tv_input=x01, features=feats, labels=k, bn=rec if use_bn else None)
                 if guided:
                     g = guide.model(fit_input(x01, guide.input_shape))
-                    loss = loss + p.w_guide * guided_cross_entropy(g, logits, classes.to(device)[k], guide.classes,
-                                                                   targets_of.tolist(), chosen)
+                    loss = loss + p.w_guide * guided_cross_entropy(g, logits, global_of[k], guide.classes, columns,
+                                                                   chosen)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -30,12 +30,6 @@ class Guide:
     input_shape: tuple[int, int, int]
 
 
-def standardize(z: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """(z − mean) / std over each row (population std)."""
-    centered = z - z.mean(1, keepdim=True)
-    return centered / (centered.pow(2).mean(1, keepdim=True).sqrt() + eps)
-
-
 def guided_cross_entropy(guide_logits: torch.Tensor, expert_logits: torch.Tensor, target: torch.Tensor,
                          old: torch.Tensor, expert_columns: Sequence[int], classes: Sequence[int]) -> torch.Tensor:
     """Mean CE of the combined classifier for global targets ``target`` (B,).
@@ -45,14 +39,16 @@ def guided_cross_entropy(guide_logits: torch.Tensor, expert_logits: torch.Tensor
     ``expert_columns`` their units. The expert's logits are standardized over all its units; the
     combined row holds the guide's raw logits for ``old`` classes that are not the expert's, the
     expert's standardized values for ``classes``, and −inf elsewhere."""
+    # imported here: exmodel.strategies imports the synthesis package, which imports this module
+    from exmodel.strategies.ed_losses import normalize_logits
+
     if len(expert_columns) != len(classes):
         raise ValueError("guided_cross_entropy: one expert column per class")
-    g, e = guide_logits, standardize(expert_logits)
+    g, e = guide_logits, normalize_logits(expert_logits, "standardize")
     cls = torch.as_tensor(list(classes), dtype=torch.long, device=g.device)
     cols = torch.as_tensor(list(expert_columns), dtype=torch.long, device=e.device)
     keep = old.to(g.device).clone()
     keep[cls] = False
-    combined = torch.full_like(g, float("-inf"))
-    combined = torch.where(keep.unsqueeze(0), g, combined)
+    combined = torch.where(keep.unsqueeze(0), g, torch.full_like(g, float("-inf")))
     combined[:, cls] = e[:, cols]
     return F.cross_entropy(combined, target)
