@@ -14,7 +14,8 @@ the new head from the expert, every softmax restricted to the sample's task (``e
 
 Between experts it keeps only the model and the buffer; the previous model used for the targets is a
 temporary copy. Each knowledge source is registered twice: ``<x>_ed_paper`` with the paper's settings
-as far as the paper and its reference-code README give them, and ``<x>_ed`` with our defaults.
+as far as the paper and its reference-code README give them, and ``<x>_ed`` with our defaults
+(``ed_presets.py``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from exmodel.strategies.base import Params, Step, Strategy, register_strategy
 from exmodel.strategies.buffer import Buffer, new_samples_per_step
 from exmodel.strategies.ed_losses import NORMALIZATIONS, ed_loss, ed_targets, mix_targets
 from exmodel.strategies.ed_multitask import take_expert_head, task_class_masks
+from exmodel.strategies.ed_presets import DEFAULT, PAPER, SOURCES
 from exmodel.strategies.ed_schedule import WeightEMA, mixup_inputs, soft_labels
 from exmodel.strategies.learner import Learner
 from exmodel.synthesis.base import fit_input
@@ -249,57 +251,6 @@ class ExModelDistillation(Strategy):
         return {"model": self.model, "buffer_images": self.buffer.images, "buffer_labels": self.buffer.labels}
 
 
-# Presets: the paper's settings and ours, per knowledge source.
-_SOURCES = {"mi": "model_inversion", "di": "data_impression", "aux": "auxiliary", "replay": "replay", "noise": "noise"}
-
-# The paper (Sec. 3-5) fixes N = 5,000, SGD, MSE + λ_CE·CE, augmentation of synthetic images during
-# generation and distillation, and the priors of Sec. 4.1 (L2, blur, BN statistics); it leaves the
-# iteration counts, learning rates and prior weights to its code. Where it is silent we use the
-# EDParams / source defaults, chosen on a validation split.
-_PAPER_COMMON: dict[str, Any] = {"buffer_size": 5000, "iterations": 1000, "optimizer": "sgd", "lr": 0.01,
-                                 "lambda_ce": 1.0, "augment": True, "quantize_buffer": False}
-# The paper gives neither the pixel learning rate nor the BN weight; lr 0.6 and BN 1 were chosen
-# on a validation split for model inversion (43.5 % there; with lr 0.1 and BN 1e-3 it was 20.7 % on
-# the embedded test set). Data impression optimises pixels the same way with another target loss,
-# so it shares them.
-_PAPER_PIXELS: dict[str, Any] = {"steps": 200, "lr": 0.6, "w_bn": 1.0}
-PAPER: dict[str, dict[str, Any]] = {
-    "mi": {**_PAPER_COMMON, "source_params": {**_PAPER_PIXELS, "confidence": 0.99}},
-    # Nayak et al. 2019 use a softmax temperature of 20 for the Dirichlet targets and β ∈ {1.0, 0.1}.
-    "di": {**_PAPER_COMMON, "source_params": {**_PAPER_PIXELS, "temperature": 20.0, "beta": 1.0}},
-    "aux": {**_PAPER_COMMON, "source_params": {"dataset": "fashion_mnist"}},
-    "replay": {**_PAPER_COMMON},
-    "noise": {**_PAPER_COMMON},
-}
-# Ours. Measured on the validation split of Split-MNIST (see README, "Ex-Model Distillation"):
-# model inversion through a small conditional generator (``generative``: smooth, stroke-like images
-# instead of per-pixel noise) with BN-statistics matching and a within-class diversity term, labels
-# from the expert's prediction, Adam (lr 1e-3) distillation with style jitter, and a 2,000-sample
-# uint8 buffer.
-_OURS_COMMON: dict[str, Any] = {"buffer_size": 2000, "iterations": 1000, "optimizer": "adam", "lr": 0.001,
-                                "lambda_ce": 1.0, "augment": True, "quantize_buffer": True}
-_OURS_PRIORS: dict[str, Any] = {"w_bn": 1.0, "w_tv": 0.01, "steps": 100}
-_OURS_GENERATOR: dict[str, Any] = {"steps": 500, "w_bn": 0.3, "w_div": 3.0, "relabel": True}
-# Style jitter in distillation (random stroke width, gamma, blur): every generator draws in its own
-# style, shared by the classes of its expert; jittering it keeps the ex-model from telling experts
-# apart by style instead of classes apart by shape (+3.4 points on validation).
-_OURS_JITTER: dict[str, Any] = {"jitter_morph": 0.5, "jitter_gamma": 0.7, "jitter_blur": 0.3}
-# Not in the default: an ex-model without BatchNorm (``norm: auto``) with a cosine lr gained 2.3 points
-# on the validation splits of three NC streams but nothing on the test streams (82.4 against 82.6) and
-# lost 2.4 on Joint MNIST (95.5 against 98.1 on validation); see README.
-DEFAULT: dict[str, dict[str, Any]] = {
-    "mi": {**_OURS_COMMON, "source": "generative", "source_params": _OURS_GENERATOR, **_OURS_JITTER},
-    # Data impression with the converged pixel optimiser of the paper preset (lr 0.6, 200 steps) and the
-    # style jitter: 71.8 % on validation, against 55.7 % without the jitter.
-    "di": {**_OURS_COMMON, "source_params": {**_OURS_PRIORS, **_PAPER_PIXELS, "temperature": 20.0, "beta": 1.0},
-           **_OURS_JITTER},
-    # Auxiliary data, class-balanced, with the style jitter: 28.2 % on validation against 23.0 % without.
-    "aux": {**_OURS_COMMON, "source_params": {"dataset": "fashion_mnist", "balance": True}, **_OURS_JITTER},
-    "replay": {**_OURS_COMMON},
-    "noise": {**_OURS_COMMON},
-}
-
-
 def _preset_params(name: str, preset: dict[str, Any]) -> type[Params]:
     fields = {k: (EDParams.model_fields[k].annotation, v) for k, v in preset.items()}
     return create_model(f"{name}_params", __base__=EDParams, **fields)
@@ -308,7 +259,7 @@ def _preset_params(name: str, preset: dict[str, Any]) -> type[Params]:
 def _register_all() -> None:
     from exmodel.synthesis import source_class
 
-    for short, source in _SOURCES.items():
+    for short, source in SOURCES.items():
         for suffix, presets in (("_paper", PAPER), ("", DEFAULT)):
             name = f"{short}_ed{suffix}"
             src = source_class(source)
