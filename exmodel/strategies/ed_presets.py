@@ -28,7 +28,7 @@ PAPER: dict[str, dict[str, Any]] = {
     "replay": {**_PAPER_COMMON},
     "noise": {**_PAPER_COMMON},
 }
-# Ours. Measured on the validation split of Split-MNIST (see README, "Ex-Model Distillation"):
+# Ours. Measured on the validation split of Split-MNIST (docs/ed_tuning.md; ablation in the README):
 # model inversion through a small conditional generator (``generative``: smooth, stroke-like images
 # instead of per-pixel noise) with BN-statistics matching and a within-class diversity term, labels
 # from the expert's prediction, Adam (lr 1e-3) distillation with style jitter, and a 2,000-sample
@@ -43,7 +43,7 @@ _OURS_GENERATOR: dict[str, Any] = {"steps": 500, "w_bn": 0.3, "w_div": 3.0, "rel
 _OURS_JITTER: dict[str, Any] = {"jitter_morph": 0.5, "jitter_gamma": 0.7, "jitter_blur": 0.3}
 # Not in the default: an ex-model without BatchNorm (``norm: auto``) with a cosine lr gained 2.3 points
 # on the validation splits of three NC streams but nothing on the test streams (82.4 against 82.6) and
-# lost 2.4 on Joint MNIST (95.5 against 98.1 on validation); see README.
+# lost 2.4 on Joint MNIST (95.5 against 98.1 on validation); see docs/ed_tuning.md.
 DEFAULT: dict[str, dict[str, Any]] = {
     "mi": {**_OURS_COMMON, "source": "generative", "source_params": _OURS_GENERATOR, **_OURS_JITTER},
     # Data impression with the converged pixel optimiser of the paper preset (lr 0.6, 200 steps) and the
