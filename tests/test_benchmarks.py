@@ -85,3 +85,35 @@ def test_buffer_sweep_runs_every_size_and_plots(tmp_path, capsys):
     config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     noise = [s for s in config["strategies"] if s["name"] == "noise_ed-N4"][0]
     assert noise["params"] == {"iterations": 2, "batch_size": 8, "source_params": {"std": 0.2}, "buffer_size": 4}
+
+
+def test_agreement_by_confidence_quintile_by_hand():
+    quintiles = load_script("source_quality").agreement_by_quintile
+    ok = [1, 0, 1, 1, 0, 0, 1, 1, 0, 1]
+    conf = [.9, .1, .8, .7, .2, .3, .6, .5, .4, .05]
+    # ranked by confidence: .9 .8 | .7 .6 | .5 .4 | .3 .2 | .1 .05  ->  ok 1 1 | 1 1 | 1 0 | 0 0 | 0 1
+    assert quintiles(ok, conf) == [1.0, 1.0, 0.5, 0.0, 0.5]
+    assert quintiles([1, 0, 1], [.2, .9, .5]) == [None, 0.0, None, 1.0, 1.0]  # fewer samples than fifths
+
+
+def test_source_quality_measures_each_source(tmp_path, capsys):
+    mod = load_script("source_quality")
+    out = tmp_path / "q.json"
+    base = ["--config", str(tiny_config(tmp_path)), "--per-expert", "10", "--judge-epochs", "1",
+            "--student-iterations", "2", "--out", str(out)]
+    assert mod.main(base + ["--strategies", "replay_ed,noise_ed"]) == 0
+    data = json.loads(out.read_text())
+    assert set(data["strategies"]) == {"replay_ed", "noise_ed"} and 0 <= data["judge_accuracy"] <= 1
+    replay = data["strategies"]["replay_ed"]
+    assert replay["source"] == "replay" and len(replay["student_accuracy"]["per_seed"]) == 2
+    assert [sorted(e["classes"]) for e in replay["per_expert"]] == [[1, 3, 4, 5, 7], [0, 2, 6, 8, 9]]
+    assert all(len(e["agreement_by_confidence_quintile"]) == 5 for e in replay["per_expert"])
+    assert "replay_ed      judge agreement" in capsys.readouterr().out
+    assert mod.main(base + ["--strategies", "oracle"]) == 2
+    assert "error: oracle is not an Ex-Model Distillation strategy" in capsys.readouterr().err
+    assert mod.main(base + ["--strategies", "noise_ed", "--source-params", "[1]"]) == 2
+    assert "error: --source-params must be a JSON object" in capsys.readouterr().err
+    assert mod.main(base + ["--strategies", "noise_ed", "--source-params", '{"std": -1}']) == 2
+    assert "error: knowledge source 'noise'" in capsys.readouterr().err
+    assert mod.main(base + ["--strategies", "noise_ed", "--source-params", '{"std": 0.2}']) == 0
+    assert json.loads(out.read_text())["source_params"] == {"std": 0.2}
