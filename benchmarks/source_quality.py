@@ -82,11 +82,16 @@ def main(argv: list[str] | None = None) -> int:
             raise ExmodelError(f"--source-params is not JSON: {err}") from None
         if not isinstance(overrides, dict):
             raise ExmodelError("--source-params must be a JSON object")
+        if not 0 <= args.validation_fraction < 1:
+            raise ExmodelError("--validation-fraction must be in [0, 1)")
+        if args.per_expert < 1:
+            raise ExmodelError("--per-expert must be ≥ 1")
         cfg = load_config(args.config)
         cfg = cfg.model_copy(update={"scenario": cfg.scenario.model_copy(
             update={"validation_fraction": args.validation_fraction})})
         resolved = resolve_data_dir(args.data_dir)
         data = load_dataset(cfg.scenario.dataset, resolved)
+        sources = {name: _source(name, overrides, resolved) for name in names}  # bad settings fail here
     except ExmodelError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -104,12 +109,7 @@ def main(argv: list[str] | None = None) -> int:
           f"({time.perf_counter() - t0:.0f} s)", flush=True)
     results = {}
     for name in names:
-        try:
-            results[name] = _measure(name, stream, experts, info, arch, kwargs, judge, real_test, args, resolved,
-                                     overrides)
-        except ExmodelError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+        results[name] = _measure(name, sources[name], stream, experts, info, arch, kwargs, judge, real_test, args)
         r = results[name]
         print(f"{name:<14} judge agreement {100 * r['judge_agreement']:.1f} %  student "
               f"{100 * r['student_accuracy']['mean']:.2f} ± {100 * r['student_accuracy']['std']:.2f} %  "
@@ -149,16 +149,25 @@ def _accuracy(model, data) -> float:
     return float((predict_logits(model, data).argmax(1) == data.labels).float().mean())
 
 
-def _measure(name, stream, experts, info, arch, kwargs, judge, real_test, args, resolved, overrides) -> dict:
+def _source(name, overrides, resolved):
+    """The knowledge source of strategy ``name``'s preset, its settings updated by ``overrides``."""
+    from exmodel.strategies import strategy_class
+    from exmodel.synthesis import build_source
+
+    cls = strategy_class(name)
+    p = cls.Params()
+    return build_source(p.source or cls.source_name, {**p.source_params, **overrides},
+                        data_dir=str(resolved) if resolved else None)
+
+
+def _measure(name, source, stream, experts, info, arch, kwargs, judge, real_test, args) -> dict:
     import torch
 
     from exmodel.strategies import strategy_class
-    from exmodel.synthesis import build_source
     from exmodel.synthesis.base import predict_among
 
     cls = strategy_class(name)
     p = cls.Params()
-    source = build_source(p.source or cls.source_name, {**p.source_params, **overrides}, data_dir=str(resolved) if resolved else None)
     gen = torch.Generator().manual_seed(args.seed)
     xs, ys, per_expert, t = [], [], [], time.perf_counter()
     for exp, expert in zip(stream, experts):

@@ -115,5 +115,7 @@ def test_source_quality_measures_each_source(tmp_path, capsys):
     assert "error: --source-params must be a JSON object" in capsys.readouterr().err
     assert mod.main(base + ["--strategies", "noise_ed", "--source-params", '{"std": -1}']) == 2
     assert "error: knowledge source 'noise'" in capsys.readouterr().err
+    assert mod.main(base + ["--strategies", "noise_ed", "--validation-fraction", "1"]) == 2
+    assert "error: --validation-fraction must be in [0, 1)" in capsys.readouterr().err
     assert mod.main(base + ["--strategies", "noise_ed", "--source-params", '{"std": 0.2}']) == 0
     assert json.loads(out.read_text())["source_params"] == {"std": 0.2}
