@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     from exmodel.runner import experts_for, stream_info
     from exmodel.strategies import strategy_class
     from exmodel.strategies.ed import ExModelDistillation
+    from exmodel.strategies.joint import concat
 
     names = [s for s in args.strategies.split(",") if s]
     try:
@@ -97,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     stream, experts, _ = experts_for(cfg, data, "full" if resolved else "embedded", args.seed, None)
     info = stream_info(stream)
-    real_train = _concat([e.train for e in stream])
-    real_test = _concat([e.test for e in stream])
+    real_train = concat([e.train for e in stream])
+    real_test = concat([e.test for e in stream])
     arch = experts[0].card.arch
     kwargs = {k: v for k, v in experts[0].card.arch_kwargs.items() if k not in ("num_classes", "heads")}
 
@@ -119,16 +120,6 @@ def main(argv: list[str] | None = None) -> int:
         "per_expert": args.per_expert, "source_params": overrides, "judge_accuracy": judge_acc, "strategies": results})
     print(f"written: {args.out}")
     return 0
-
-
-def _concat(parts):
-    import torch
-
-    from exmodel.data.types import ImageDataset
-
-    first = parts[0]
-    return ImageDataset(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]),
-                        first.class_names, first.name, first.mean, first.std)
 
 
 def _judge(info, arch, kwargs, real_train, epochs, seed):
@@ -164,23 +155,23 @@ def _measure(name, source, stream, experts, info, arch, kwargs, judge, real_test
     import torch
 
     from exmodel.strategies import strategy_class
-    from exmodel.synthesis.base import predict_among
 
     cls = strategy_class(name)
     p = cls.Params()
     gen = torch.Generator().manual_seed(args.seed)
-    xs, ys, per_expert, t = [], [], [], time.perf_counter()
+    xs, ys, oks, per_expert, t = [], [], [], [], time.perf_counter()
     for exp, expert in zip(stream, experts):
         x, y = source.generate(expert, args.per_expert, gen, data=exp.train)
         source.release()
         chosen = list(expert.card.trained_class_ids)
         with torch.no_grad():
             judged = judge(x).argmax(1)
-            units = [expert.card.class_ids.index(c) for c in chosen]
-            confidence = expert(x)[:, units].softmax(1).max(1).values
+            units = [list(expert.card.class_ids).index(c) for c in chosen]
+            confidence, best = expert(x)[:, units].softmax(1).max(1)
         ok = (judged == y).float()
+        oks.append(ok)
         per_expert.append({"classes": chosen, "judge_agreement": float(ok.mean()),
-                           "expert_agrees_with_label": float((predict_among(expert, x, chosen) == y).float().mean()),
+                           "expert_agrees_with_label": float((torch.tensor(chosen)[best] == y).float().mean()),
                            "agreement_by_confidence_quintile": agreement_by_quintile(ok, confidence)})
         xs.append(x)
         ys.append(y)
@@ -188,9 +179,8 @@ def _measure(name, source, stream, experts, info, arch, kwargs, judge, real_test
     x, y = torch.cat(xs), torch.cat(ys)
     accs = [_student(info, arch, kwargs, x, y, p, int(s), args.student_iterations, real_test)
             for s in args.student_seeds.split(",") if s]
-    weights = [len(e["classes"]) for e in per_expert]
     return {"source": p.source or cls.source_name, "generation_time_s": gen_time,
-            "judge_agreement": sum(e["judge_agreement"] * w for e, w in zip(per_expert, weights)) / sum(weights),
+            "judge_agreement": float(torch.cat(oks).mean()),
             "per_expert": per_expert,
             "student_accuracy": {"mean": statistics.mean(accs), "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
                                  "per_seed": accs}}
