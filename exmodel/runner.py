@@ -6,7 +6,7 @@ Layout of a run directory (``--out``)::
     environment.json   versions, git commit, seeds, machine
     events.jsonl       what happened, one JSON object per line
     cells/<strategy>/seed-<s>.json   one finished (strategy, seed) cell, written atomically
-    results.json, results.csv, table.md, accuracy_matrices.png, stream_accuracy.png
+    results.json, results.csv, table.md, accuracy_matrices.png, stream_accuracy.png, state_kept.png
 
 A run that is interrupted and started again with the same ``--out`` skips the finished cells (and
 the experts, which live in the expert cache), so it ends with the same results as an uninterrupted

@@ -28,7 +28,7 @@ from exmodel.models import build_model
 from exmodel.runner import stream_for
 
 RUN_FILES = ("results.json", "results.csv", "table.md", "environment.json", "events.jsonl", "config.yaml",
-             "accuracy_matrices.png", "stream_accuracy.png")
+             "accuracy_matrices.png", "stream_accuracy.png", "state_kept.png")
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +111,7 @@ def test_state_bytes_bounded_for_param_avg_growing_for_ensemble(reference: Path)
 def test_run_writes_every_report_file(reference: Path, tiny_config: Path) -> None:
     for name in RUN_FILES:
         assert (reference / name).is_file(), name
-    for png in ("accuracy_matrices.png", "stream_accuracy.png"):
+    for png in ("accuracy_matrices.png", "stream_accuracy.png", "state_kept.png"):
         assert (reference / png).read_bytes()[:8] == PNG_MAGIC
     results = _results(reference)
     with open(reference / "results.csv", newline="") as fh:

@@ -28,6 +28,7 @@ from exmodel.reporting.plots import (
     seen_accuracy_curve,
     seen_accuracy_over_seeds,
 )
+from exmodel.reporting.state_plot import plot_state_kept, state_curves
 from exmodel.reporting.tables import (
     csv_rows,
     format_bytes,
@@ -345,3 +346,35 @@ def test_plot_without_matrices_is_a_user_error(tmp_path: Path) -> None:
     with pytest.raises(ExmodelError, match="no strategy has a 'accuracy_matrix' to plot"):
         plot_stream_accuracy(results, tmp_path / "f.png")
     assert not list(tmp_path.iterdir())
+
+
+def with_state(results: dict[str, Any]) -> dict[str, Any]:
+    """``make_results`` with the per-step state: the oracle keeps one more 1,000-byte expert per step,
+    the ED strategy a model and a buffer of constant size (seed 1 with one missing value)."""
+    results = copy.deepcopy(results)
+    results["strategies"]["oracle"]["state_bytes_per_step"] = [[1000, 2000, 3000], [1000, 2000, 3000]]
+    results["strategies"]["ed"]["state_bytes_per_step"] = [[500, 500, 500], [700, None, 700]]
+    return results
+
+
+def test_state_curves_by_hand() -> None:
+    curves = state_curves(with_state(make_results()))
+    assert list(curves) == ["oracle", "ed"]
+    assert curves["oracle"][0] is False and curves["ed"][0] is True
+    np.testing.assert_allclose(curves["oracle"][1], [1000, 2000, 3000])
+    np.testing.assert_allclose(curves["ed"][1], [600, 500, 600])  # the missing value is left out of the mean
+    assert state_curves(make_results()) == {}  # results written before the record existed
+
+
+def test_state_plot_writes_png_and_rejects_what_it_cannot_draw(tmp_path: Path) -> None:
+    path = plot_state_kept(with_state(make_results()), tmp_path / "figs" / "state.png")
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC and len(data) > 5000
+    assert [p.name for p in path.parent.iterdir()] == ["state.png"]
+    with pytest.raises(ExmodelError, match="no strategy has a 'state_bytes_per_step' to plot"):
+        plot_state_kept(make_results(), tmp_path / "none.png")
+    ragged = with_state(make_results())
+    ragged["strategies"]["ed"]["state_bytes_per_step"] = [[500, 500, 500], [500, 500]]
+    with pytest.raises(ExmodelError, match=r"strategy 'ed': state_bytes_per_step has seeds of different lengths \[2, 3\]"):
+        plot_state_kept(ragged, tmp_path / "ragged.png")
+    assert not (tmp_path / "none.png").exists() and not (tmp_path / "ragged.png").exists()

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from exmodel.fileio import atomic_write_json, atomic_write_text
 from exmodel.reporting.plots import plot_accuracy_matrices, plot_stream_accuracy
+from exmodel.reporting.state_plot import plot_state_kept, state_curves
 from exmodel.reporting.tables import markdown_table, write_csv
 
 
@@ -18,4 +19,6 @@ def write_reports(results: dict, out: Path) -> dict[str, Path]:
         "accuracy_matrices.png": plot_accuracy_matrices(results, out / "accuracy_matrices.png"),
         "stream_accuracy.png": plot_stream_accuracy(results, out / "stream_accuracy.png"),
     }
+    if state_curves(results):  # results merged from cells written before the record existed have none
+        paths["state_kept.png"] = plot_state_kept(results, out / "state_kept.png")
     return paths
