@@ -163,14 +163,19 @@ def plot_stream_accuracy(
         if std is not None:
             low, high = np.clip(mean - std, 0.0, 1.0), np.clip(mean + std, 0.0, 1.0)  # accuracies stay in [0, 1]
             ax.fill_between(x, low * 100.0, high * 100.0, color=color, alpha=0.15, linewidth=0)
+    ax.set_ylim(0.0, 100.0)
+    label = "task-aware accuracy" if matrix_key.startswith("task_aware") else "accuracy"
+    finish_step_axes(ax, steps, "training step (experiences seen)", f"mean {label} on seen experiences (%)",
+                     f"{results.get('name', '')} ({results.get('scenario', '')}): solid = ex-model, dashed = not ex-model")
+    return _save(fig, path)
+
+
+def finish_step_axes(ax: Any, steps: int, xlabel: str, ylabel: str, title: str) -> None:
+    """The frame shared by the per-step line plots: steps 1..``steps`` on x, grid, legend on the right."""
     ax.set_xticks(range(1, steps + 1))
     ax.set_xlim(0.8, steps + 0.2)
-    ax.set_ylim(0.0, 100.0)
-    ax.set_xlabel("training step (experiences seen)")
-    label = "task-aware accuracy" if matrix_key.startswith("task_aware") else "accuracy"
-    ax.set_ylabel(f"mean {label} on seen experiences (%)")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
-    ax.set_title(f"{results.get('name', '')} ({results.get('scenario', '')}): solid = ex-model, dashed = not ex-model",
-                 fontsize=10)
-    return _save(fig, path)
+    ax.set_title(title, fontsize=10)

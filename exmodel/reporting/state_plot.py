@@ -19,7 +19,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from exmodel.errors import ExmodelError
-from exmodel.reporting.plots import _save
+from exmodel.reporting.plots import _save, finish_step_axes
 
 MB = 1e6
 MARKERS = "osD^vP"
@@ -64,13 +64,7 @@ def plot_state_kept(results: Mapping[str, Any], path: str | os.PathLike) -> Path
         ax.plot(x, curve / MB, linestyle="-" if ex_model else "--", marker=MARKERS[k % len(MARKERS)],
                 markersize=4 + 4 * (n - 1 - k) / max(1, n - 1), linewidth=1.2 + 3 * (n - 1 - k) / max(1, n - 1),
                 color=colors[k % len(colors)], label=f"{name}{'' if ex_model else ' (not ex-model)'}")
-    ax.set_xticks(range(1, steps + 1))
-    ax.set_xlim(0.8, steps + 0.2)
     ax.set_ylim(bottom=0.0)
-    ax.set_xlabel("training step (experts seen)")
-    ax.set_ylabel("state kept between experts (MB)")
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
-    ax.set_title(f"{results.get('name', '')} ({results.get('scenario', '')}): flat = does not grow with the stream",
-                 fontsize=10)
+    finish_step_axes(ax, steps, "training step (experts seen)", "state kept between experts (MB)",
+                     f"{results.get('name', '')} ({results.get('scenario', '')}): flat = does not grow with the stream")
     return _save(fig, path)
