@@ -32,11 +32,13 @@ PAPER: dict[str, dict[str, Any]] = {
 # model inversion through a small conditional generator (``generative``: smooth, stroke-like images
 # instead of per-pixel noise) with BN-statistics matching and a within-class diversity term, labels
 # from the expert's prediction, Adam (lr 1e-3) distillation with style jitter, and a 2,000-sample
-# uint8 buffer.
+# uint8 buffer. Diversity weight 1.5 rather than 3: 85.9 against 84.8 % on the validation splits of
+# three NC streams (likely because a two-class expert's region for one class holds every other digit,
+# which a strong diversity term fills with look-alikes; not measured).
 _OURS_COMMON: dict[str, Any] = {"buffer_size": 2000, "iterations": 1000, "optimizer": "adam", "lr": 0.001,
                                 "lambda_ce": 1.0, "augment": True, "quantize_buffer": True}
 _OURS_PRIORS: dict[str, Any] = {"w_bn": 1.0, "w_tv": 0.01, "steps": 100}
-_OURS_GENERATOR: dict[str, Any] = {"steps": 500, "w_bn": 0.3, "w_div": 3.0, "relabel": True}
+_OURS_GENERATOR: dict[str, Any] = {"steps": 500, "w_bn": 0.3, "w_div": 1.5, "relabel": True}
 # Style jitter in distillation (random stroke width, gamma, blur): every generator draws in its own
 # style, shared by the classes of its expert; jittering it keeps the ex-model from telling experts
 # apart by style instead of classes apart by shape (+3.4 points on validation).
