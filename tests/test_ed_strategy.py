@@ -133,6 +133,8 @@ def test_config_source_params_update_the_preset():
     assert s.source.params.steps == 7 and s.source.params.w_bn == 0.3 and s.source.params.relabel is True
     paper = build_strategy("mi_ed_paper", {}, info, 0)
     assert paper.params.buffer_size == 5000 and paper.source.params.relabel is False
+    # τ of CE(f(x)/τ), which the paper leaves open, was chosen on validation; data impression keeps Nayak's 20
+    assert paper.source.params.temperature == 0.5
     di = build_strategy("di_ed_paper", {}, info, 0)  # the two pixel sources share the pixel optimiser
     assert (di.source.params.lr, di.source.params.w_bn, di.source.params.steps) == (
         paper.source.params.lr, paper.source.params.w_bn, paper.source.params.steps) == (0.6, 1.0, 200)
