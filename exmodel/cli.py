@@ -161,6 +161,45 @@ def consolidate(bundles: list[Path] = typer.Argument(..., help="Expert bundles, 
                       f"{result.card.trained_class_ids})")
 
 
+@app.command()
+def evaluate(bundles: list[Path] = typer.Argument(..., help="Expert bundles to score."),
+             dataset: str = typer.Option(..., "--dataset", help="mnist, fashion_mnist, cifar10, ... or imagefolder:PATH"),
+             split: str = typer.Option("test", "--split", help="test | train"),
+             data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
+             all_classes: bool = typer.Option(False, "--all-classes",
+                                              help="Score every image, not only those of the bundle's trained classes."),
+             device: str = typer.Option("cpu", "--device"),
+             json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results here as JSON."),
+             ) -> None:
+    """Score expert bundles (your own, or what consolidate wrote) on a labelled dataset."""
+    from rich.table import Table
+
+    from exmodel.evaluate import evaluate_bundle
+    from exmodel.fileio import atomic_write_json
+
+    with _progress() as progress:
+        results = [evaluate_bundle(b, dataset, split=split, data_dir=str(data_dir) if data_dir else None,
+                                   all_classes=all_classes, device=device, progress=progress) for b in bundles]
+    table = Table()
+    for header in ("#", "bundle", "arch", "classes", "images", "accuracy (%)"):
+        table.add_column(header, no_wrap=True)
+    for k, r in enumerate(results, 1):
+        classes = r["classes"] if r["classes"] == "all" else ",".join(map(str, r["classes"]))
+        table.add_row(str(k), r["name"], r["arch"], classes, str(r["images"]), f"{100 * r['accuracy']:.2f}")
+    per_class = Table(title="per class (%)")
+    per_class.add_column("class")
+    for k in range(1, len(results) + 1):
+        per_class.add_column(f"#{k}", justify="right")
+    for name in dict.fromkeys(n for r in results for n in r["per_class"]):
+        per_class.add_row(name, *(f"{100 * r['per_class'][name]['accuracy']:.1f}" if name in r["per_class"] else "–"
+                                  for r in results))
+    out_console.print(table)
+    out_console.print(per_class)
+    if json_out:
+        atomic_write_json(json_out, {"results": results})
+        out_console.print(f"written: {json_out}")
+
+
 @app.command("import-checkpoint")
 def import_checkpoint_cmd(checkpoint: Path = typer.Argument(..., help="A torch.save'd state dict."),
                           card: Path = typer.Option(..., "--card", help="JSON file with the card fields (arch, class_ids, ...)."),
