@@ -21,6 +21,7 @@ import torch
 from exmodel.data.registry import load_dataset
 from exmodel.data.types import ImageDataset
 from exmodel.errors import DataError
+from exmodel.evaluation.metrics import accuracy, per_class_accuracy
 from exmodel.experts.bundle import load_bundle
 from exmodel.experts.expert import Expert
 from exmodel.progress import Progress
@@ -62,12 +63,11 @@ def predict(expert: Expert, data: ImageDataset, *, batch_size: int = 512, device
 def accuracy_report(pred: torch.Tensor, labels: torch.Tensor, class_names: tuple[str, ...]) -> dict:
     """Overall and per-class accuracy (in [0, 1]) of ``pred`` against ``labels``; classes without images
     are left out of the per-class table."""
-    correct = pred == labels
-    per_class = {}
-    for c in torch.unique(labels).tolist():
-        hit = correct[labels == c]
-        per_class[class_names[c]] = {"images": int(hit.numel()), "accuracy": float(hit.float().mean())}
-    return {"images": int(labels.numel()), "accuracy": float(correct.float().mean()), "per_class": per_class}
+    per_class = per_class_accuracy(pred, labels, len(class_names))
+    support = torch.bincount(labels, minlength=len(class_names)).tolist()
+    return {"images": int(labels.numel()), "accuracy": accuracy(pred, labels),
+            "per_class": {class_names[c]: {"images": support[c], "accuracy": float(per_class[c])}
+                          for c in range(len(class_names)) if support[c]}}
 
 
 def evaluate_bundle(bundle: str | Path, dataset: str, *, split: str = "test", data_dir: str | None = None,

@@ -121,3 +121,34 @@ def deterministic_part(entry: dict[str, Any]) -> dict[str, Any]:
     keys = ("stream_accuracy", "task_aware_stream_accuracy", "accuracy_matrix", "task_aware_accuracy_matrix",
             "forgetting", "state_bytes_per_step")
     return {k: entry[k] for k in keys}
+
+
+def make_bundle(path: Path, arch: str, classes: list[int], *, num_global_classes: int, names: list[str] | None = None,
+                shape: tuple[int, int, int] = (1, 8, 8), mean: float = 0.5, std: float = 0.25, seed: int = 0,
+                constant: int | None = None, **arch_kwargs: Any) -> Path:
+    """Save an untrained ``arch`` expert over ``classes`` (named by their ids unless ``names``) as a bundle.
+
+    ``constant=c`` zeroes every parameter and sets the last bias (the head's) to 1 for class ``c``, so
+    an MLP bundle predicts ``c`` for every image.
+    """
+    import torch
+
+    from exmodel.experts.bundle import save_bundle
+    from exmodel.experts.card import ExpertCard
+    from exmodel.experts.expert import Expert
+    from exmodel.models import build_model
+
+    torch.manual_seed(seed)
+    net = build_model(arch, num_classes=len(classes), in_channels=shape[0], input_size=shape[1], **arch_kwargs)
+    if constant is not None:
+        with torch.no_grad():
+            for p in net.parameters():
+                p.zero_()
+            head_bias = [p for name, p in net.named_parameters() if name.endswith("bias")][-1]
+            head_bias[classes.index(constant)] = 1.0
+    card = ExpertCard(name=path.name, arch=arch, arch_kwargs=dict(net.arch_kwargs), class_ids=classes,
+                      class_names=names or [str(c) for c in classes], trained_class_ids=classes,
+                      num_global_classes=num_global_classes, input_shape=shape,
+                      normalization={"mean": [mean] * shape[0], "std": [std] * shape[0]})
+    save_bundle(Expert(card, net), path)
+    return path

@@ -4,23 +4,12 @@ import pytest
 import torch
 
 from exmodel.cli import main
-from exmodel.experts.bundle import load_bundle, save_bundle
-from exmodel.experts.card import ExpertCard
-from exmodel.experts.expert import Expert
-from exmodel.models import build_model
-
-NAMES = [str(i) for i in range(4)]
+from exmodel.experts.bundle import load_bundle
+from tests import helpers
 
 
-def make_bundle(path, arch, classes, *, names=None, shape=(1, 8, 8), mean=0.5, std=0.25, seed=0, **kw):
-    torch.manual_seed(seed)
-    net = build_model(arch, num_classes=len(classes), in_channels=shape[0], input_size=shape[1], **kw)
-    card = ExpertCard(name=path.name, arch=arch, arch_kwargs=dict(net.arch_kwargs), class_ids=classes,
-                      class_names=names or [NAMES[c] for c in classes], trained_class_ids=classes,
-                      num_global_classes=4, input_shape=shape, normalization={"mean": [mean] * shape[0],
-                                                                              "std": [std] * shape[0]})
-    save_bundle(Expert(card, net), path)
-    return path
+def make_bundle(path, arch, classes, **kw):
+    return helpers.make_bundle(path, arch, classes, num_global_classes=4, **kw)
 
 
 @pytest.mark.parametrize("source", ["noise", "inversion"])

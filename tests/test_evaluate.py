@@ -9,12 +9,7 @@ import torch.nn.functional as F
 from exmodel.data.registry import load_dataset
 from exmodel.evaluate import accuracy_report, evaluate_bundle
 from exmodel.experts.bundle import load_bundle, save_bundle
-from exmodel.experts.card import ExpertCard
-from exmodel.experts.expert import Expert
-from exmodel.models import build_model
-from tests.helpers import assert_one_error_line, cli
-
-DIGITS = [str(i) for i in range(10)]
+from tests.helpers import assert_one_error_line, cli, make_bundle
 
 
 @pytest.fixture(autouse=True)
@@ -22,22 +17,10 @@ def embedded_data(monkeypatch):
     monkeypatch.delenv("EXMODEL_DATA_DIR", raising=False)  # the subsets shipped in the package
 
 
-def make_bundle(path, classes, *, trained=None, names=None, size=28, channels=1, constant=None, seed=0):
-    """An MLP bundle over MNIST's label space; ``constant=c`` makes it predict class c for every image."""
-    torch.manual_seed(seed)
-    net = build_model("mlp", num_classes=len(classes), in_channels=channels, input_size=size, hidden=[8])
-    if constant is not None:
-        with torch.no_grad():
-            for p in net.parameters():
-                p.zero_()
-            head_bias = [p for name, p in net.named_parameters() if name.endswith("bias")][-1]
-            head_bias[classes.index(constant)] = 1.0
-    card = ExpertCard(name=path.name, arch="mlp", arch_kwargs=dict(net.arch_kwargs), class_ids=classes,
-                      class_names=names or [DIGITS[c] for c in classes], trained_class_ids=trained or classes,
-                      num_global_classes=10, input_shape=(channels, size, size),
-                      normalization={"mean": [0.13] * channels, "std": [0.31] * channels})
-    save_bundle(Expert(card, net), path)
-    return path
+def mlp_bundle(path, classes, *, size=28, channels=1, **kw):
+    """A small MLP bundle over MNIST's label space (see ``helpers.make_bundle``)."""
+    return make_bundle(path, "mlp", classes, num_global_classes=10, shape=(channels, size, size), mean=0.13,
+                       std=0.31, hidden=[8], **kw)
 
 
 def table_rows(text):
@@ -58,7 +41,7 @@ def test_accuracy_report_by_hand():
 def test_constant_bundle_scores_its_class_share(tmp_path):
     test = load_dataset("mnist").test
     n2, n3 = int((test.labels == 2).sum()), int((test.labels == 3).sum())
-    bundle = make_bundle(tmp_path / "three", [2, 3], constant=3)
+    bundle = mlp_bundle(tmp_path / "three", [2, 3], constant=3)
     r = evaluate_bundle(bundle, "mnist")
     assert r["classes"] == [2, 3] and r["images"] == n2 + n3
     assert r["accuracy"] == pytest.approx(n3 / (n2 + n3))
@@ -68,7 +51,7 @@ def test_constant_bundle_scores_its_class_share(tmp_path):
 
 
 def test_other_resolution_is_resized_like_consolidate(tmp_path):
-    bundle = make_bundle(tmp_path / "small", list(range(10)), size=14, seed=3)
+    bundle = mlp_bundle(tmp_path / "small", list(range(10)), size=14, seed=3)
     r = evaluate_bundle(bundle, "mnist", split="train")
     data = load_dataset("mnist").train
     expert = load_bundle(bundle).eval()
@@ -79,8 +62,8 @@ def test_other_resolution_is_resized_like_consolidate(tmp_path):
 
 
 def test_cli_table_and_json(tmp_path, capsys):
-    a = make_bundle(tmp_path / "a", [0, 1], constant=0)
-    b = make_bundle(tmp_path / "b", [4, 5], constant=5)
+    a = mlp_bundle(tmp_path / "a", [0, 1], constant=0)
+    b = mlp_bundle(tmp_path / "b", [4, 5], constant=5)
     out = tmp_path / "eval.json"
     res = cli(capsys, "--quiet", "evaluate", a, b, "--dataset", "mnist", "--json", out)
     assert res.code == 0, res.err
@@ -92,19 +75,19 @@ def test_cli_table_and_json(tmp_path, capsys):
 
 
 def test_class_names_must_match_the_dataset(tmp_path, capsys):
-    bundle = make_bundle(tmp_path / "pets", [0, 1], names=["cat", "dog"])
+    bundle = mlp_bundle(tmp_path / "pets", [0, 1], names=["cat", "dog"])
     res = cli(capsys, "evaluate", bundle, "--dataset", "mnist")
     assert_one_error_line(res, "bundle 'pets' calls class 0 'cat' but dataset 'mnist' calls it '0'")
 
 
 def test_channel_mismatch_is_one_line(tmp_path, capsys):
-    bundle = make_bundle(tmp_path / "rgb", [0, 1], channels=3)
+    bundle = mlp_bundle(tmp_path / "rgb", [0, 1], channels=3)
     res = cli(capsys, "evaluate", bundle, "--dataset", "mnist")
     assert_one_error_line(res, "takes 3-channel images but dataset 'mnist' has 1-channel images")
 
 
 def test_bad_split_and_missing_bundle(tmp_path, capsys):
-    bundle = make_bundle(tmp_path / "a", [0, 1])
+    bundle = mlp_bundle(tmp_path / "a", [0, 1])
     assert_one_error_line(cli(capsys, "evaluate", bundle, "--dataset", "mnist", "--split", "val"),
                           "split must be 'train' or 'test', got 'val'")
     assert cli(capsys, "evaluate", tmp_path / "nope", "--dataset", "mnist").code == 2
