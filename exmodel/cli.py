@@ -1,12 +1,16 @@
 """The ``exmodel`` command line: a thin layer over the Python API.
 
 Errors caused by input print one line (``error: ...``) and exit with status 2; ``--debug`` shows the
-traceback instead. Ctrl-C exits with 130 and says how to resume.
+traceback instead. Usage errors (unknown option or command, missing argument, no command at all)
+print the usage line of the command concerned and one ``error: ...`` line, exit status 2. Ctrl-C
+exits with 130 and says how to resume. ``--quiet``/``-q`` and ``--debug`` may also follow the
+sub-command (see :func:`_split_global_flags`). ``python -m exmodel`` is the same as ``exmodel``.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import importlib
 import json
 import os
 import sys
@@ -16,17 +20,28 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from exmodel import __version__
 from exmodel.errors import ExmodelError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+PROG = "exmodel"
+app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False,
                   help="Continual learning from trained models (ex-model continual learning).")
 _state = {"debug": False, "quiet": False}
 out_console = Console()
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        print(f"{PROG} {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
-          quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or per-cell lines.")) -> None:
+def _main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors (also after the command)."),
+          quiet: bool = typer.Option(False, "--quiet", "-q",
+                                     help="No progress bars or per-cell lines (also after the command)."),
+          version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
     _state["debug"], _state["quiet"] = debug, quiet
 
 
@@ -220,31 +235,86 @@ def import_checkpoint_cmd(checkpoint: Path = typer.Argument(..., help="A torch.s
     out_console.print(f"bundle written: {out}")
 
 
+# --------------------------------------------------------------------------------------- entry point
+GLOBAL_FLAGS = ("--quiet", "-q", "--debug")
+
+
+def _split_global_flags(argv: list[str]) -> tuple[list[str], list[str]]:
+    """``(flags, rest)``: the global flags found anywhere in ``argv`` (before a literal ``--``), and the rest.
+
+    ``exmodel run CONFIG --quiet`` is then the same as ``exmodel --quiet run CONFIG``. No sub-command
+    has an option of these names and none of them takes a value, so this is unambiguous except for an
+    option value that is literally ``-q``/``--quiet``/``--debug``: put it after ``--`` or write
+    ``--opt=-q``. Everything from ``--`` on is left as it is.
+    """
+    end = argv.index("--") if "--" in argv else len(argv)
+    flags = [a for a in argv[:end] if a in GLOBAL_FLAGS]
+    rest = [a for a in argv[:end] if a not in GLOBAL_FLAGS] + argv[end:]
+    return flags, rest
+
+
+def _cli_exceptions():
+    """The module of the click exceptions that typer raises.
+
+    typer 0.29 vendors click as ``typer._click`` (and does not depend on the ``click`` package, which
+    may be absent: here only the Ray extra pulls it in); older typer versions use ``click`` itself.
+    ``typer.BadParameter`` is re-exported from that module in both cases, so ask it where it lives.
+    """
+    return importlib.import_module(typer.BadParameter.__module__)
+
+
+def _one_line(text: str) -> str:
+    """A click message as our one-line style: whitespace collapsed, lower-case start, no final period."""
+    text = " ".join(text.split()).rstrip(".")
+    return text[:1].lower() + text[1:] if text[:1].isupper() and text[1:2].islower() else text
+
+
+def _usage_error(e) -> int:
+    """Print the usage line of the command concerned and one ``error: ...`` line; return 2."""
+    ctx = getattr(e, "ctx", None)
+    message = _one_line(e.format_message())
+    if ctx is not None:
+        usage = " ".join(ctx.get_usage().split())  # plain text; may span lines for long commands
+        print(usage if usage.startswith("Usage:") else f"Usage: {usage}", file=sys.stderr)
+        message += f" (try '{ctx.command_path} --help')"
+    print(f"error: {message}", file=sys.stderr)
+    return e.exit_code
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the CLI with ``argv`` (default ``sys.argv[1:]``); return the exit status (0, 1, 2 or 130)."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    flags, args = _split_global_flags(list(sys.argv[1:] if argv is None else argv))
+    _state["debug"], _state["quiet"] = "--debug" in flags, bool({"--quiet", "-q"} & set(flags))
+    args = [*dict.fromkeys("-q" if f == "--quiet" else f for f in flags), *args]
+    exc = _cli_exceptions()
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=args, prog_name=PROG, standalone_mode=False)
     except ExmodelError as e:
         if _state["debug"]:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; run the same command with the same --out to resume", file=sys.stderr)
-        return 130
-    except Exception as e:  # click usage errors and unexpected failures
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            return e.exit_code
-        if isinstance(e, click.exceptions.Abort):
-            return 130
+        code = 130
+    except exc.UsageError as e:
+        return _usage_error(e)
+    except exc.ClickException as e:  # e.g. a file that cannot be opened
+        print(f"error: {_one_line(e.format_message())}", file=sys.stderr)
+        return e.exit_code
+    except typer.Abort:
+        code = 130
+    except Exception as e:  # unexpected failures
         if _state["debug"]:
             raise
         print(f"error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", file=sys.stderr)
         return 1
-    return 0
+    # Without standalone mode typer returns the command's value, or the code of a typer.Exit: 0 after
+    # --help/--version, 130 after Ctrl-C (it turns KeyboardInterrupt into Exit(130)).
+    code = code if isinstance(code, int) and not isinstance(code, bool) else 0
+    if code == 130:
+        print("interrupted; run the same command with the same --out to resume", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":
