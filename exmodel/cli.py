@@ -156,27 +156,6 @@ def report(run_dirs: list[Path] = typer.Argument(..., help="One or more run fold
 
 
 @app.command()
-def consolidate(bundles: list[Path] = typer.Argument(..., help="Expert bundles, in stream order."),
-                out: Path = typer.Option(..., "-o", "--out", help="Bundle folder to write the consolidated model to."),
-                source: str = typer.Option("inversion", "--source", help="inversion | impression | auxiliary | noise"),
-                arch: str = typer.Option("lenet", "--arch", help="Architecture of the consolidated model."),
-                seed: int = typer.Option(0, "--seed"),
-                data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="For auxiliary data."),
-                overrides: list[str] = typer.Option([], "--set", help="ED parameter: key=value (e.g. iterations=500)."),
-                ) -> None:
-    """Distil expert bundles trained elsewhere into one model of the chosen architecture, without their data."""
-    from exmodel.config import parse_overrides
-    from exmodel.consolidate import consolidate as run_consolidate
-
-    params = dict(parse_overrides(overrides))
-    with _progress() as progress:
-        result = run_consolidate(bundles, out, source=source, arch=arch, params=params, seed=seed,
-                                 data_dir=str(data_dir) if data_dir else None, progress=progress)
-    out_console.print(f"consolidated {len(bundles)} experts into {out} ({result.card.arch}, classes "
-                      f"{result.card.trained_class_ids})")
-
-
-@app.command()
 def evaluate(bundles: list[Path] = typer.Argument(..., help="Expert bundles to score."),
              dataset: str = typer.Option(..., "--dataset", help="mnist, fashion_mnist, cifar10, ... or imagefolder:PATH"),
              split: str = typer.Option("test", "--split", help="test | train"),
@@ -189,7 +168,7 @@ def evaluate(bundles: list[Path] = typer.Argument(..., help="Expert bundles to s
     """Score expert bundles (your own, or what consolidate wrote) on a labelled dataset."""
     from rich.table import Table
 
-    from exmodel.evaluate import evaluate_bundle
+    from exmodel.evaluation.score import evaluate_bundle
     from exmodel.fileio import atomic_write_json
 
     with _progress() as progress:
@@ -237,6 +216,9 @@ def import_checkpoint_cmd(checkpoint: Path = typer.Argument(..., help="A torch.s
 
 # --------------------------------------------------------------------------------------- entry point
 GLOBAL_FLAGS = ("--quiet", "-q", "--debug")
+
+
+from exmodel import cli_experts  # noqa: E402,F401  (registers consolidate, import, card-template)
 
 
 def _split_global_flags(argv: list[str]) -> tuple[list[str], list[str]]:

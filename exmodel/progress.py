@@ -74,6 +74,13 @@ class Progress(AbstractContextManager):
         if task in self._tasks:
             self._tasks[task].completed += n
 
+    def update(self, task, description: str) -> None:
+        """Rename a task (e.g. ``expert 2 of 5``); in logs the new name is a line of its own."""
+        self._bar.update(task, description=description)
+        if task in self._tasks:
+            self._tasks[task].description = description
+            self._line(description)
+
     def remove(self, task) -> None:
         self._bar.remove_task(task)
         t = self._tasks.pop(task, None)

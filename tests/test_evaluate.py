@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from exmodel.data.registry import load_dataset
-from exmodel.evaluate import accuracy_report, evaluate_bundle
+from exmodel.evaluation.score import accuracy_report, evaluate_bundle
 from exmodel.experts.bundle import load_bundle, save_bundle
 from tests.helpers import assert_one_error_line, cli, make_bundle
 

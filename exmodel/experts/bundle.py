@@ -7,7 +7,10 @@ Bundles are how experts travel between people, so loading one treats it as untru
 * the weights are read once, and the same bytes are parsed and hashed: the SHA-256 must equal the
   card's ``weights_sha256``;
 * the tensors must be exactly the ones ``build_model(card.arch, **card.arch_kwargs)`` has (names,
-  shapes, dtypes), all finite, and the network's head must have one output per ``card.class_ids``.
+  shapes, dtypes), all finite, and the network's head must have one output per ``card.class_ids``;
+* an expert of any architecture (``arch: "program"``) carries its network as ``program.json``, a
+  ``torch.export`` graph of ATen operators run by :class:`~exmodel.experts.program.ProgramNet`; its
+  SHA-256 must equal the card's ``program_sha256`` and its tensors are the program's own.
 
 Each failure is a one-line :class:`~exmodel.errors.BundleError` naming the bundle. Saving writes both
 files into a temporary directory next to the target and renames it into place, so a crash never
@@ -32,11 +35,14 @@ from torch import nn
 from exmodel.errors import BundleError, ExmodelError
 from exmodel.experts.card import ExpertCard
 from exmodel.experts.expert import Expert
+from exmodel.experts.program import PROGRAM_ARCH, PROGRAM_FILE, ProgramNet
 from exmodel.fileio import atomic_replace_dir, atomic_write_bytes, atomic_write_text, sha256_bytes
 
 WEIGHTS_FILE = "weights.safetensors"
 CARD_FILE = "card.json"
 BUNDLE_FILES = (WEIGHTS_FILE, CARD_FILE)
+ALL_FILES = (*BUNDLE_FILES, PROGRAM_FILE)  # what a bundle directory may hold
+MAX_PROGRAM_BYTES = 256 << 20
 
 _PICKLE_PROTOCOL_BYTE = 0x80  # pickle protocol >= 2 streams start with PROTO (0x80)
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive since PyTorch 1.6
@@ -90,16 +96,33 @@ def check_tensors(expected: Mapping[str, torch.Tensor], got: Mapping[str, torch.
             raise BundleError(f"{source}: tensor '{name}' contains {bad} non-finite value(s) (NaN or inf)")
 
 
-def assemble_expert(card: ExpertCard, tensors: Mapping[str, torch.Tensor], source: str,
-                    map_location: str | torch.device = "cpu") -> Expert:
-    """Build ``card.arch``, check ``tensors`` against it and against the card, return the Expert.
+def _build_program(program: Mapping[str, Any] | None, tensors: Mapping[str, torch.Tensor], source: str) -> nn.Module:
+    if program is None:
+        raise BundleError(f"{source}: card arch '{PROGRAM_ARCH}' needs {PROGRAM_FILE}, which is missing")
+    for name, t in tensors.items():
+        if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
+            raise BundleError(f"{source}: tensor '{name}' contains non-finite value(s) (NaN or inf)")
+    try:
+        return ProgramNet(program, tensors)
+    except BundleError as exc:
+        raise BundleError(f"{source}: {exc}") from None
 
-    Shared by :func:`load_bundle`, :func:`save_bundle` and
-    :func:`exmodel.experts.checkpoint.import_checkpoint`; the returned expert is in eval mode.
+
+def assemble_expert(card: ExpertCard, tensors: Mapping[str, torch.Tensor], source: str,
+                    map_location: str | torch.device = "cpu", program: Mapping[str, Any] | None = None) -> Expert:
+    """Build ``card.arch`` (or the ``program``), check ``tensors`` against it and against the card,
+    return the Expert.
+
+    Shared by :func:`load_bundle`, :func:`save_bundle` and the importers of
+    :mod:`exmodel.experts.checkpoint` and :mod:`exmodel.experts.imports`; the returned expert is in
+    eval mode.
     """
-    net = _build_net(card, source)
-    check_tensors(net.state_dict(), tensors, card.arch, source)
-    net.load_state_dict(dict(tensors), strict=True)
+    if card.arch == PROGRAM_ARCH:
+        net = _build_program(program, tensors, source)
+    else:
+        net = _build_net(card, source)
+        check_tensors(net.state_dict(), tensors, card.arch, source)
+        net.load_state_dict(dict(tensors), strict=True)
     channels = card.input_shape[0]
     in_channels = card.arch_kwargs.get("in_channels", getattr(net, "arch_kwargs", {}).get("in_channels"))
     if in_channels is not None and in_channels != channels:
@@ -126,6 +149,9 @@ def assemble_expert(card: ExpertCard, tensors: Mapping[str, torch.Tensor], sourc
 def _explain_not_bundle(path: Path) -> BundleError:
     if not path.exists():
         return BundleError(f"{path}: no such bundle (expected a directory holding {WEIGHTS_FILE} and {CARD_FILE})")
+    if path.suffix == ".pt2" and path.is_file():
+        return BundleError(f"{path} is a torch.export program, not an exmodel bundle; "
+                           f"import it first: exmodel import {path} --classes ... -o BUNDLE")
     if path.is_dir():
         missing = [f for f in BUNDLE_FILES if not (path / f).is_file()]
         return BundleError(f"{path}: not an exmodel bundle, {' and '.join(missing)} missing")
@@ -183,33 +209,64 @@ def _count_tensors(raw: bytes) -> int | None:
         return None
 
 
-def _read_bundle(path: str | os.PathLike) -> tuple[Path, ExpertCard, bytes]:
+def _read_bundle(path: str | os.PathLike) -> tuple[Path, ExpertCard, bytes, bytes | None]:
     directory = _bundle_dir(path)
     card = ExpertCard.from_json_file(directory / CARD_FILE)
     try:
         raw = (directory / WEIGHTS_FILE).read_bytes()
     except OSError as exc:
         raise BundleError(f"{directory}: cannot read {WEIGHTS_FILE} ({exc.strerror})") from None
-    return directory, card, raw
+    program = None
+    if card.arch == PROGRAM_ARCH:
+        file = directory / PROGRAM_FILE
+        try:
+            if file.stat().st_size > MAX_PROGRAM_BYTES:
+                raise BundleError(f"{directory}: {PROGRAM_FILE} is larger than {MAX_PROGRAM_BYTES >> 20} MiB")
+            program = file.read_bytes()
+        except FileNotFoundError:
+            raise BundleError(f"{directory}: card arch '{PROGRAM_ARCH}' needs {PROGRAM_FILE}, which is missing") from None
+        except OSError as exc:
+            raise BundleError(f"{directory}: cannot read {PROGRAM_FILE} ({exc.strerror})") from None
+    return directory, card, raw, program
 
 
-def _verify(directory: Path, card: ExpertCard, raw: bytes, map_location: str | torch.device) -> Expert:
+def _check_hash(raw: bytes, recorded: str, file: str, source: str) -> None:
+    digest = sha256_bytes(raw)
+    if digest != recorded:
+        expected = f"{recorded[:12]}…" if recorded else "(none recorded)"
+        what = "weights" if file == WEIGHTS_FILE else "program"
+        raise BundleError(
+            f"{source}: SHA-256 of {file} is {digest[:12]}…, card says {expected}; "
+            f"the {what} were modified or belong to another card"
+        )
+
+
+def _parse_program(raw: bytes, source: str) -> dict[str, Any]:
+    try:
+        program = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        raise BundleError(f"{source}: {PROGRAM_FILE} is not valid JSON") from None
+    if not isinstance(program, dict):
+        raise BundleError(f"{source}: {PROGRAM_FILE} is not a JSON object")
+    return program
+
+
+def _verify(directory: Path, card: ExpertCard, raw: bytes, map_location: str | torch.device,
+            program_raw: bytes | None = None) -> Expert:
     source = f"bundle {directory}"
     tensors = _parse_weights(raw, source)
-    digest = sha256_bytes(raw)
-    if digest != card.weights_sha256:
-        expected = f"{card.weights_sha256[:12]}…" if card.weights_sha256 else "(none recorded)"
-        raise BundleError(
-            f"{source}: SHA-256 of {WEIGHTS_FILE} is {digest[:12]}…, card says {expected}; "
-            "the weights were modified or belong to another card"
-        )
-    return assemble_expert(card, tensors, source, map_location)
+    _check_hash(raw, card.weights_sha256, WEIGHTS_FILE, source)
+    program = None
+    if program_raw is not None:
+        _check_hash(program_raw, card.program_sha256, PROGRAM_FILE, source)
+        program = _parse_program(program_raw, source)
+    return assemble_expert(card, tensors, source, map_location, program)
 
 
 def load_bundle(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Expert:
     """Load and fully verify a bundle directory; returns an :class:`Expert` in eval mode."""
-    directory, card, raw = _read_bundle(path)
-    return _verify(directory, card, raw, map_location)
+    directory, card, raw, program = _read_bundle(path)
+    return _verify(directory, card, raw, map_location, program)
 
 
 def inspect_bundle(path: str | os.PathLike) -> dict[str, Any]:
@@ -218,14 +275,14 @@ def inspect_bundle(path: str | os.PathLike) -> dict[str, Any]:
     Raises only when the path is not a bundle or its card is unreadable; a weights problem is
     reported under ``verification_error`` with ``verified = False``.
     """
-    directory, card, raw = _read_bundle(path)
+    directory, card, raw, program = _read_bundle(path)
     info: dict[str, Any] = card.model_dump(mode="json")
     info["path"] = str(directory)
-    info["file_sizes"] = {name: (directory / name).stat().st_size for name in BUNDLE_FILES}
+    info["file_sizes"] = {name: (directory / name).stat().st_size for name in ALL_FILES if (directory / name).is_file()}
     info["num_tensors"] = _count_tensors(raw)
     info["num_parameters"] = None
     try:
-        expert = _verify(directory, card, raw, "cpu")
+        expert = _verify(directory, card, raw, "cpu", program)
     except BundleError as exc:
         info["verified"] = False
         info["verification_error"] = str(exc)
@@ -242,13 +299,13 @@ def _state_tensors(net: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in net.state_dict().items()}
 
 
-def _check_target(target: Path) -> None:
+def check_target(target: Path) -> None:
     """Refuse to replace anything that is not an earlier bundle (never rmtree a user's directory)."""
     if not target.exists() and not target.is_symlink():
         return
     if target.is_symlink() or not target.is_dir():
         raise BundleError(f"{target}: exists and is not a bundle directory; refusing to replace it")
-    foreign = sorted(p.name for p in target.iterdir() if p.name not in BUNDLE_FILES)
+    foreign = sorted(p.name for p in target.iterdir() if p.name not in ALL_FILES)
     if foreign:
         raise BundleError(
             f"{target}: exists and holds files other than a bundle's ({', '.join(foreign[:3])}); refusing to replace it"
@@ -271,8 +328,14 @@ def save_bundle(expert: Expert | tuple[nn.Module, ExpertCard], directory: str | 
     arch_name = getattr(net, "arch_name", None)
     if arch_name and arch_name != card.arch:
         raise BundleError(f"{source}: the network is a '{arch_name}' but the card says arch '{card.arch}'")
-    tensors = _state_tensors(net)
-    reference = assemble_expert(card, tensors, source)  # validates the pair before anything is written
+    program_raw = None
+    if isinstance(net, ProgramNet):
+        tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in net.program_tensors().items()}
+        program_raw = (json.dumps(net.program, separators=(",", ":")) + "\n").encode()
+        program = _parse_program(program_raw, source)
+    else:
+        tensors, program = _state_tensors(net), None
+    reference = assemble_expert(card, tensors, source, program=program)  # validates before anything is written
     built_kwargs = getattr(reference.net, "arch_kwargs", None)
     net_kwargs = getattr(net, "arch_kwargs", None)
     if built_kwargs is not None and net_kwargs is not None and built_kwargs != net_kwargs:
@@ -280,17 +343,20 @@ def save_bundle(expert: Expert | tuple[nn.Module, ExpertCard], directory: str | 
             f"{source}: card arch_kwargs {card.arch_kwargs} do not rebuild the network "
             f"(its arch_kwargs are {net_kwargs})"
         )
-    _check_target(target)
+    check_target(target)
     raw = safetensors.torch.save(tensors, metadata={"format": "pt"})
     digest = sha256_bytes(raw)
+    hashes = {"weights_sha256": digest, "program_sha256": sha256_bytes(program_raw) if program_raw else ""}
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         atomic_write_bytes(tmp / WEIGHTS_FILE, raw)
-        atomic_write_text(tmp / CARD_FILE, card.model_copy(update={"weights_sha256": digest}).to_json())
+        if program_raw is not None:
+            atomic_write_bytes(tmp / PROGRAM_FILE, program_raw)
+        atomic_write_text(tmp / CARD_FILE, card.model_copy(update=hashes).to_json())
         atomic_replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    card.weights_sha256 = digest  # only once the bundle on disk carries it
+    card.weights_sha256, card.program_sha256 = hashes["weights_sha256"], hashes["program_sha256"]  # once on disk
     return target

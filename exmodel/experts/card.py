@@ -138,6 +138,7 @@ class ExpertCard(BaseModel):
     test_accuracy: float | None = None
     library_version: str = Field(default_factory=lambda: exmodel.__version__)
     weights_sha256: str = ""  # "" until save_bundle hashes the weights
+    program_sha256: str = ""  # arch "program" only: SHA-256 of program.json (the torch.export graph)
     created: str = Field(default_factory=_now_iso)
 
     @model_validator(mode="after")
@@ -154,8 +155,9 @@ class ExpertCard(BaseModel):
         self._check_shape_and_kwargs()
         if self.test_accuracy is not None and not 0.0 <= self.test_accuracy <= 1.0:
             raise ValueError(f"test_accuracy={self.test_accuracy} must be in [0, 1]")
-        if self.weights_sha256 and not _SHA256_HEX.match(self.weights_sha256):
-            raise ValueError("weights_sha256 must be 64 lowercase hex digits (or empty before saving)")
+        for key in ("weights_sha256", "program_sha256"):
+            if getattr(self, key) and not _SHA256_HEX.match(getattr(self, key)):
+                raise ValueError(f"{key} must be 64 lowercase hex digits (or empty before saving)")
         try:
             datetime.fromisoformat(self.created)
         except ValueError:

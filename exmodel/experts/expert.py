@@ -11,6 +11,7 @@ and combined column by column.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -100,5 +101,49 @@ class Expert(nn.Module):
         """Logits ``(B, card.num_global_classes)``; classes this expert lacks get ``fill``."""
         return to_global(self.forward(x01, task_id), self.class_index, self.card.num_global_classes, fill)
 
+    # ------------------------------------------------------------------ experts as users hold them
+    @classmethod
+    def from_module(cls, module: nn.Module, *, classes: Sequence[int] | None = None,
+                    normalization: Any = None, input_shape: Sequence[int] | None = None,
+                    name: str = "expert", **card_options: Any) -> "Expert":
+        """An expert from a trained ``nn.Module`` of any architecture, exported with ``torch.export``.
+
+        ``classes``: the global class id of each output unit; ``normalization``: ``(mean, std)`` per
+        channel the module's inputs were normalized with (default none); ``input_shape``: (C, H, W).
+        Further options (``dataset``, ``class_names``, ``num_classes``, ``trained_classes``,
+        ``example``) as in :func:`exmodel.experts.imports.make_card`.
+        """
+        from exmodel.experts.imports import expert_from_module
+
+        return expert_from_module(module, name=name, input_shape=input_shape, classes=classes,
+                                  **_normalization(normalization), **card_options)
+
+    @classmethod
+    def from_file(cls, path: Any, *, classes: Sequence[int] | None = None, normalization: Any = None,
+                  **card_options: Any) -> "Expert":
+        """An expert from a ``torch.export`` file (``.pt2``), read without unpickling anything, or from a
+        bundle directory (then the options must be left out: the card says it all)."""
+        from pathlib import Path
+
+        from exmodel.experts.bundle import load_bundle
+        from exmodel.experts.imports import import_program
+
+        if Path(path).is_dir():
+            if classes is not None or normalization is not None or card_options:
+                raise DataError(f"{path} is a bundle: its card already gives classes and normalization")
+            return load_bundle(path)
+        return import_program(path, classes=classes, **_normalization(normalization), **card_options)
+
     def extra_repr(self) -> str:
         return f"name={self.card.name!r}, arch={self.card.arch!r}, class_ids={self.card.class_ids}"
+
+
+def _normalization(value: Any) -> dict[str, Any]:
+    """``(mean, std)``, ``{"mean": ..., "std": ...}`` or None -> keyword arguments of ``make_card``."""
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        return {"mean": list(value["mean"]), "std": list(value["std"])}
+    mean, std = value
+    as_list = lambda v: [float(v)] if isinstance(v, (int, float)) else [float(x) for x in v]  # noqa: E731
+    return {"mean": as_list(mean), "std": as_list(std)}

@@ -76,6 +76,9 @@ class EDParams(Params):
     norm: str | None = None
     quantize_buffer: bool = True  # keep the buffer as uint8 images (4× smaller than float32)
     expert_head: bool = True  # MT streams: the new task's head (and, first, the network) from the expert
+    # Held-out synthetic samples per expert for the agreement report of ``consolidate`` (drawn with the
+    # source's ``redraw`` after the buffer's samples, never trained on); 0: none (``exmodel run``).
+    check_samples: int = Field(0, ge=0)
 
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -114,6 +117,7 @@ class ExModelDistillation(Strategy):
         self.buffer = Buffer(p.buffer_size, quantize=p.quantize_buffer)
         self.model: Learner | None = None
         self.seen = torch.zeros(self.info.num_classes, dtype=torch.bool)
+        self.checks: list[tuple[torch.Tensor, torch.Tensor, bool]] = []  # per expert; see agreement_samples
         self.augment = None
         if p.augment:
             from exmodel.synthesis.augment import make_augmentation
@@ -156,6 +160,8 @@ class ExModelDistillation(Strategy):
         x, y = self.source.generate(expert, n_new, self.generator, data=data, progress=progress, **guide)
         x = fit_input(x, self.info.input_shape)
         self.buffer.update(step.index, x, y, self.generator)
+        if p.check_samples:
+            self._keep_checks(expert, x, y)
         expert_classes = torch.zeros(self.info.num_classes, dtype=torch.bool)
         expert_classes[list(expert.card.trained_class_ids)] = True
         if self.class_masks is not None and p.expert_head:
@@ -219,6 +225,22 @@ class ExModelDistillation(Strategy):
             progress.remove(task)
         model.eval()
 
+    def _keep_checks(self, expert, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Held-out samples of this expert (fresh draws where the source can redraw, else its buffer
+        samples), labelled by the expert, for :meth:`agreement_samples`."""
+        n = self.params.check_samples
+        drawn = self.source.redraw(y[torch.randperm(len(y), generator=self.generator)[:n]], self.generator) \
+            if len(y) else None
+        if drawn is not None:
+            self.checks.append((fit_input(drawn[0], self.info.input_shape), drawn[1].cpu(), True))
+        else:
+            self.checks.append((x[:n].clone(), y[:n].clone(), False))
+
+    def agreement_samples(self) -> list[tuple[torch.Tensor, torch.Tensor, bool]]:
+        """For each expert observed with ``check_samples > 0``: ``(images in [0, 1], the expert's labels,
+        held_out)``; ``held_out`` is False where the samples are among those distilled on."""
+        return list(self.checks)
+
     def _frozen_copy(self) -> Learner:
         """A copy of the current ex-model in eval mode without gradients: the teacher of old classes."""
         prev = copy.deepcopy(self.model).eval()
@@ -252,7 +274,12 @@ class ExModelDistillation(Strategy):
 
 
 def _preset_params(name: str, preset: dict[str, Any]) -> type[Params]:
-    fields = {k: (EDParams.model_fields[k].annotation, v) for k, v in preset.items()}
+    # Each preset value replaces only the default: the field keeps its bounds (ge/le) and type.
+    fields = {}
+    for k, v in preset.items():
+        info = copy.deepcopy(EDParams.model_fields[k])
+        info.default, info.default_factory = copy.deepcopy(v), None
+        fields[k] = (info.annotation, info)
     return create_model(f"{name}_params", __base__=EDParams, **fields)
 
 

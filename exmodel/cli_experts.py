@@ -1,0 +1,172 @@
+"""The commands for experts users bring: ``import`` (a ``torch.export`` file into a bundle),
+``card-template`` (the card of a state-dict import) and ``consolidate``. Thin: each parses, calls the
+Python API (:mod:`exmodel.experts.imports`, :mod:`exmodel.consolidation`) and prints."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from typer.core import TyperCommand
+
+from exmodel.cli import _progress, app, out_console
+from exmodel.errors import ExmodelError
+
+
+def _ints(text: Optional[str], what: str) -> Optional[list[int]]:
+    """``0,1,2`` or ``0-4`` (or a mix: ``0-2,7``) -> a list of ints."""
+    if text is None:
+        return None
+    out: list[int] = []
+    try:
+        for part in (p.strip() for p in text.split(",") if p.strip()):
+            lo, _, hi = part.partition("-")
+            out.extend(range(int(lo), int(hi) + 1) if hi else [int(lo)])
+    except ValueError:
+        raise ExmodelError(f"{what} expects integers such as 0,1,2 or 0-4, got '{text}'") from None
+    return out
+
+
+def _floats(text: Optional[str], what: str) -> Optional[list[float]]:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ExmodelError(f"{what} expects numbers separated by commas, got '{text}'") from None
+
+
+@app.command("import")
+def import_program_cmd(
+        program: Path = typer.Argument(..., help="A torch.export file (.pt2)."),
+        out: Path = typer.Option(..., "-o", "--out", help="Bundle folder to write."),
+        classes: Optional[str] = typer.Option(None, "--classes", help="Global class id of each output unit, "
+                                              "e.g. 0-4 or 5,6,7,8,9 (default 0, 1, ...)."),
+        dataset: Optional[str] = typer.Option(None, "--dataset", help="Known dataset whose class names and count apply "
+                                              "(mnist, fashion_mnist, cifar10, ...)."),
+        class_names: Optional[str] = typer.Option(None, "--class-names", help="Comma-separated names, one per class."),
+        num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Size of the global label space."),
+        trained_classes: Optional[str] = typer.Option(None, "--trained-classes",
+                                                      help="Classes it was trained on (default: all of --classes)."),
+        mean: Optional[str] = typer.Option(None, "--mean", help="Per-channel input mean it was trained with, e.g. 0.1307."),
+        std: Optional[str] = typer.Option(None, "--std", help="Per-channel input std, e.g. 0.3081."),
+        input_shape: Optional[str] = typer.Option(None, "--input-shape", help="C,H,W (default: from the program)."),
+        name: Optional[str] = typer.Option(None, "--name", help="Expert name (default: the file name)."),
+) -> None:
+    """Import a torch.export program of any architecture as a validated bundle; nothing in it is unpickled or run."""
+    from exmodel.experts.bundle import check_target, save_bundle
+    from exmodel.experts.imports import import_program
+
+    check_target(out)
+    names = [n.strip() for n in class_names.split(",")] if class_names else None
+    expert = import_program(program, name=name, classes=_ints(classes, "--classes"), dataset=dataset,
+                            class_names=names, num_classes=num_classes,
+                            trained_classes=_ints(trained_classes, "--trained-classes"),
+                            mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
+                            input_shape=_ints(input_shape, "--input-shape"))
+    save_bundle(expert, out)
+    c = expert.card
+    out_console.print(f"bundle written: {out} ({expert.net.extra_repr()}; classes {c.class_ids} of "
+                      f"{c.num_global_classes}; normalization mean {c.normalization.mean} std {c.normalization.std})",
+                      markup=False, highlight=False)
+
+
+def _consolidate_help() -> str:
+    from exmodel.consolidation import SOURCES
+    from exmodel.models import list_models
+
+    return ("Distil experts (bundles, in stream order) into one model of the chosen architecture, without their "
+            f"data.\n\nArchitectures (--arch): {', '.join(list_models())}.\n\nKnowledge sources (--source): "
+            f"{', '.join(SOURCES)} (inversion: our generator inversion, which matches BatchNorm statistics for "
+            "experts that have them and uses a prior that needs none for those that do not).\n\nBudget: "
+            "--budget scales distillation iterations and generator steps together; --iterations and "
+            "--generator-steps set them. After the run each expert's agreement with the result is printed; an "
+            "expert below --min-agreement gets a warning, also recorded in the card.")
+
+
+class _LazyHelp(TyperCommand):
+    """Builds the help text only when help is shown (listing architectures imports torch)."""
+
+    def get_help(self, ctx):  # noqa: ANN001, ANN201
+        self.help = _consolidate_help()
+        return super().get_help(ctx)
+
+
+@app.command(cls=_LazyHelp)
+def consolidate(bundles: list[Path] = typer.Argument(..., help="Expert bundles, in stream order."),
+                out: Path = typer.Option(..., "-o", "--out", help="Bundle folder to write the consolidated model to."),
+                source: str = typer.Option("inversion", "--source", help="inversion | impression | auxiliary | noise"),
+                arch: str = typer.Option("lenet_bn", "--arch", help="Architecture of the consolidated model."),
+                budget: Optional[float] = typer.Option(None, "--budget", help="Scale iterations and generator steps, "
+                                                       "e.g. 0.5 for half the time."),
+                iterations: Optional[int] = typer.Option(None, "--iterations", min=1,
+                                                         help="Distillation iterations per expert (default 1000)."),
+                generator_steps: Optional[int] = typer.Option(None, "--generator-steps", min=1,
+                                                              help="Generator (or pixel) optimisation steps per expert."),
+                min_agreement: float = typer.Option(0.8, "--min-agreement", min=0.0, max=1.0,
+                                                    help="Warn about experts the result agrees with less often."),
+                seed: int = typer.Option(0, "--seed"),
+                device: str = typer.Option("cpu", "--device"),
+                data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="For auxiliary data."),
+                overrides: list[str] = typer.Option([], "--set", help="ED parameter: key=value (e.g. buffer_size=1000)."),
+                ) -> None:
+    from exmodel.config import parse_overrides
+    from exmodel.consolidation import SOURCES, budget_params
+    from exmodel.consolidation import consolidate as run_consolidate
+
+    if source not in SOURCES:
+        raise ExmodelError(f"unknown source '{source}'; available: {', '.join(SOURCES)}")
+    params = budget_params(dict(parse_overrides(overrides)), iterations=iterations, generator_steps=generator_steps,
+                           budget=budget, strategy=SOURCES[source])
+    import warnings
+
+    with _progress() as progress, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # printed below from the card
+        result = run_consolidate(bundles, out, source=source, arch=arch, params=params, seed=seed, device=device,
+                                 data_dir=str(data_dir) if data_dir else None, min_agreement=min_agreement,
+                                 progress=progress)
+    training = result.card.training
+    for row in training.get("agreement", []):
+        kind = "held-out synthetic" if row["held_out"] else "synthetic (distilled on)"
+        out_console.print(f"  {row['expert']}: classes {row['classes']}, agreement {100 * row['agreement']:.1f} % "
+                          f"on {row['samples']} {kind} samples", markup=False, highlight=False)
+    for line in training.get("warnings", []):
+        print(f"warning: {line}", file=sys.stderr)
+    out_console.print(f"consolidated {len(bundles)} experts into {out} ({result.card.arch}, classes "
+                      f"{result.card.trained_class_ids})", markup=False, highlight=False)
+
+
+_CARD_FIELDS = {
+    "name": "a name for the expert",
+    "arch": "a registered architecture (exmodel consolidate --help lists them); other architectures: export "
+            "the model with torch.export and use `exmodel import`",
+    "arch_kwargs": "the architecture's options, e.g. {\"num_classes\": 5, \"in_channels\": 1, \"input_size\": 28}",
+    "class_ids": "the global class id of each output unit of the head, in order",
+    "class_names": "one name per class id",
+    "trained_class_ids": "the classes it was trained on (a subset of class_ids)",
+    "num_global_classes": "size of the global label space (10 for MNIST)",
+    "input_shape": "[C, H, W] of its input images",
+    "normalization": "per-channel mean and std applied to images in [0, 1]",
+}
+
+
+@app.command("card-template")
+def card_template(arch: str = typer.Option("lenet", "--arch", help="Registered architecture to fill in."),
+                  explain: bool = typer.Option(False, "--explain", help="Also describe every field (on stderr).")) -> None:
+    """Print the card fields `import-checkpoint --card` takes, filled in for ARCH; edit and save as JSON."""
+    from exmodel.models.registry import model_signature
+
+    kwargs = {k: v for k, v in model_signature(arch).items() if k not in ("heads",)}
+    template = {"name": "my-expert", "arch": arch, "arch_kwargs": kwargs,
+                "class_ids": list(range(kwargs.get("num_classes", 10))),
+                "class_names": [str(i) for i in range(kwargs.get("num_classes", 10))],
+                "trained_class_ids": list(range(kwargs.get("num_classes", 10))), "num_global_classes": 10,
+                "input_shape": [kwargs.get("in_channels", 1), kwargs.get("input_size", 28), kwargs.get("input_size", 28)],
+                "normalization": {"mean": [0.1307], "std": [0.3081]}}
+    print(json.dumps(template, indent=2))
+    if explain:
+        for key, text in _CARD_FIELDS.items():
+            print(f"{key}: {text}", file=sys.stderr)

@@ -1,0 +1,173 @@
+"""Consolidate experts trained elsewhere into one model (``exmodel.consolidate``, ``exmodel consolidate``).
+
+The experts may have different architectures (registered ones or ``torch.export`` programs), input
+normalizations and even resolutions (inputs are resized for each expert). Their cards must agree
+with one another: a class id means the same class everywhere and the inputs must have the same
+number of channels. The experts are distilled one after the other with Ex-Model Distillation, as if
+they arrived as a stream, without any of their data.
+
+Afterwards each expert's share of the result is checked: on held-out synthetic samples of that expert
+(drawn from its knowledge source, never distilled on, labelled by the expert), how often the
+consolidated model gives the expert's label among *all* classes. An expert below
+``min_agreement`` was not absorbed: a warning is issued (Python ``warnings``, and a ``warning:`` line
+on the command line) and recorded in the card, under ``training.warnings``, beside the per-expert
+``training.agreement``. The check sees what the synthetic samples show; it cannot see a gap between
+synthetic and real images (``exmodel evaluate`` on real data can).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from exmodel import __version__
+from exmodel.errors import ExmodelError
+from exmodel.experts.bundle import check_target, load_bundle, save_bundle
+from exmodel.experts.card import ExpertCard
+from exmodel.experts.expert import Expert
+from exmodel.strategies import Step, StreamInfo, build_strategy
+
+# --source on the command line -> the ED strategy (our defaults) that uses it
+SOURCES = {"inversion": "mi_ed", "impression": "di_ed", "auxiliary": "aux_ed", "noise": "noise_ed"}
+CHECK_SAMPLES = 200  # held-out synthetic samples per expert for the agreement report
+MIN_AGREEMENT = 0.8
+
+
+class ExpertNotAbsorbed(UserWarning):
+    """An expert's classes were not absorbed by the consolidated model (see the module docstring)."""
+
+
+def check_compatible(cards: list[ExpertCard]) -> tuple[int, tuple[int, int, int], list[str]]:
+    """Label-space size, the ex-model's input shape and the class names; one clear error otherwise."""
+    names: dict[int, tuple[str, str]] = {}
+    for card in cards:
+        for cid, cname in zip(card.class_ids, card.class_names):
+            if cid in names and names[cid][0] != cname:
+                raise ExmodelError(f"experts disagree on class {cid}: '{names[cid][0]}' in {names[cid][1]} but "
+                                   f"'{cname}' in {card.name}")
+            names.setdefault(cid, (cname, card.name))
+    channels = {c.input_shape[0] for c in cards}
+    if len(channels) > 1:
+        raise ExmodelError("experts take inputs with different channel counts "
+                           f"({', '.join(f'{c.name}: {list(c.input_shape)}' for c in cards)}); cannot reconcile them")
+    k = max(c.num_global_classes for c in cards)
+    shape = max((tuple(c.input_shape) for c in cards), key=lambda s: s[1] * s[2])
+    return k, shape, [names.get(i, (str(i), ""))[0] for i in range(k)]
+
+
+def budget_params(params: dict[str, Any] | None, *, iterations: int | None = None,
+                  generator_steps: int | None = None, budget: float | None = None,
+                  strategy: str = "mi_ed") -> dict[str, Any]:
+    """ED parameters with the budget options applied: ``budget`` scales the preset's distillation
+    iterations and generator/optimisation steps (0.5: half the time), the other two set them."""
+    from exmodel.strategies.base import strategy_class
+
+    out = dict(params or {})
+    preset = strategy_class(strategy).Params()
+    source_params = {**preset.source_params, **out.get("source_params", {})}
+    if budget is not None:
+        if not budget > 0:
+            raise ExmodelError(f"--budget must be > 0, got {budget}")
+        out.setdefault("iterations", max(1, round(preset.iterations * budget)))
+        if "steps" in source_params:
+            source_params["steps"] = max(1, round(source_params["steps"] * budget))
+    if iterations is not None:
+        out["iterations"] = iterations
+    if generator_steps is not None:
+        source_params["steps"] = generator_steps
+    if source_params != preset.source_params:
+        out["source_params"] = source_params
+    return out
+
+
+def _as_experts(experts: Sequence[Expert | str | Path]) -> list[Expert]:
+    if not experts:
+        raise ExmodelError("give at least one expert")
+    return [e if isinstance(e, Expert) else load_bundle(e) for e in experts]  # each validated
+
+
+@torch.no_grad()
+def agreement(model: Expert, x01: torch.Tensor, labels: torch.Tensor, batch_size: int = 256) -> float:
+    """Fraction of ``x01`` for which ``model``'s arg-max over all its classes equals ``labels``."""
+    if len(labels) == 0:
+        return float("nan")
+    hits = 0
+    for start in range(0, len(x01), batch_size):
+        pred = model.global_logits(x01[start:start + batch_size]).argmax(1)
+        hits += int((pred == labels[start:start + batch_size]).sum())
+    return hits / len(labels)
+
+
+def consolidate(experts: Sequence[Expert | str | Path], out: str | Path | None = None, *, arch: str = "lenet_bn",
+                source: str = "inversion", arch_kwargs: dict | None = None, params: dict | None = None,
+                seed: int = 0, device: str = "cpu", data_dir: str | None = None,
+                min_agreement: float = MIN_AGREEMENT, progress=None) -> Expert:
+    """Distil ``experts`` (:class:`Expert` objects or bundle paths, in stream order) into one model.
+
+    Returns the consolidated :class:`Expert`; with ``out`` it is also written there as a bundle.
+    ``params`` are Ex-Model Distillation parameters (see :func:`budget_params` for the budget).
+    """
+    if source not in SOURCES:
+        raise ExmodelError(f"unknown source '{source}'; available: {', '.join(SOURCES)}")
+    if (params or {}).get("smooth"):
+        raise ExmodelError("smooth is an input stage of the strategy and cannot be exported in a bundle; leave it at 0")
+    if out is not None:
+        check_target(Path(out))  # an existing non-bundle is refused before any work, not after it
+    experts = _as_experts(experts)
+    cards = [e.card for e in experts]
+    k, shape, class_names = check_compatible(cards)
+    norm = cards[0].normalization
+    info = StreamInfo(kind="nc", num_classes=k, input_shape=shape, mean=tuple(norm.mean), std=tuple(norm.std),
+                      task_classes=tuple(tuple(c.trained_class_ids) for c in cards), n_experiences=len(cards),
+                      data_dir=data_dir)
+    strategy = build_strategy(SOURCES[source], {"check_samples": CHECK_SAMPLES, **(params or {}), "arch": arch,
+                                                "arch_kwargs": arch_kwargs or {}}, info, seed, device)
+    bar = progress.add(f"expert 1 of {len(experts)}", total=len(experts)) if progress is not None else None
+    for i, e in enumerate(experts):
+        if bar is not None:
+            progress.update(bar, description=f"expert {i + 1} of {len(experts)}: {e.card.name}")
+        strategy.observe(Step(i, i, tuple(e.card.trained_class_ids)), e, None, progress=progress)
+        if bar is not None:
+            progress.advance(bar)
+    if bar is not None:
+        progress.remove(bar)
+    learner = strategy.model.cpu().eval()
+    seen = sorted({c for card in cards for c in card.trained_class_ids})
+    card = ExpertCard(
+        name=Path(out).name if out is not None else "consolidated", arch=arch,
+        arch_kwargs=dict(learner.net.arch_kwargs), class_ids=list(range(k)), class_names=class_names,
+        trained_class_ids=seen, num_global_classes=k, task_id=None, input_shape=shape,
+        normalization={"mean": learner.mean.flatten().tolist(), "std": learner.std.flatten().tolist()},
+        training={"method": SOURCES[source], "seed": seed, "experts": [c.name for c in cards],
+                  "expert_sha256": [c.weights_sha256 for c in cards], **strategy.params.model_dump()},
+        library_version=__version__, created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+    result = Expert(card, learner.net)
+    report, warned = expert_agreement(result, cards, strategy.agreement_samples(), min_agreement)
+    card.training["agreement"], card.training["warnings"] = report, warned
+    for line in warned:
+        warnings.warn(line, ExpertNotAbsorbed, stacklevel=2)
+    if out is None:
+        return result
+    save_bundle(result, out)
+    return load_bundle(out)
+
+
+def expert_agreement(model: Expert, cards: list[ExpertCard], samples: list, min_agreement: float
+                     ) -> tuple[list[dict[str, Any]], list[str]]:
+    """Per-expert agreement records and the warnings for experts below ``min_agreement``."""
+    report, warned = [], []
+    for card, (x01, y, held_out) in zip(cards, samples):
+        score = agreement(model, x01, y)
+        report.append({"expert": card.name, "classes": list(card.trained_class_ids), "samples": len(y),
+                       "held_out": held_out, "agreement": round(score, 4)})
+        if not score >= min_agreement:
+            warned.append(f"expert '{card.name}' (classes {list(card.trained_class_ids)}) was not absorbed: the "
+                          f"consolidated model agrees with it on {100 * score:.1f} % of its synthetic samples "
+                          f"(threshold {100 * min_agreement:.0f} %); give it a larger budget or another source")
+    return report, warned
