@@ -194,26 +194,6 @@ def evaluate(bundles: list[Path] = typer.Argument(..., help="Expert bundles to s
         out_console.print(f"written: {json_out}")
 
 
-@app.command("import-checkpoint")
-def import_checkpoint_cmd(checkpoint: Path = typer.Argument(..., help="A torch.save'd state dict."),
-                          card: Path = typer.Option(..., "--card", help="JSON file with the card fields (arch, class_ids, ...)."),
-                          out: Path = typer.Option(..., "-o", "--out", help="Bundle folder to write."),
-                          allow_pickle_checkpoint: bool = typer.Option(False, "--allow-pickle-checkpoint",
-                                                                       help="Allow reading a pickle-based checkpoint (weights_only)."),
-                          ) -> None:
-    """Convert a plain PyTorch state-dict checkpoint into a validated exmodel bundle."""
-    from exmodel.experts.bundle import save_bundle
-    from exmodel.experts.checkpoint import import_checkpoint
-
-    try:
-        fields = json.loads(card.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ExmodelError(f"{card}: cannot read card fields ({e})") from None
-    expert = import_checkpoint(checkpoint, fields, allow_pickle=allow_pickle_checkpoint)
-    save_bundle(expert, out)
-    out_console.print(f"bundle written: {out}")
-
-
 # --------------------------------------------------------------------------------------- entry point
 GLOBAL_FLAGS = ("--quiet", "-q", "--debug")
 

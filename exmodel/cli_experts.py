@@ -39,39 +39,100 @@ def _floats(text: Optional[str], what: str) -> Optional[list[float]]:
         raise ExmodelError(f"{what} expects numbers separated by commas, got '{text}'") from None
 
 
+# The options that describe a model to its card, shared by `import` and `import-checkpoint --factory`.
+_CLASSES = typer.Option(None, "--classes", help="Global class id of each output unit, e.g. 0-4 or 5,6,7,8,9 "
+                        "(default 0, 1, ...).")
+_DATASET = typer.Option(None, "--dataset", help="Known dataset whose class names and count apply (mnist, "
+                        "fashion_mnist, cifar10, ...).")
+_NAMES = typer.Option(None, "--class-names", help="Comma-separated names, one per class.")
+_NUM = typer.Option(None, "--num-classes", help="Size of the global label space.")
+_TRAINED = typer.Option(None, "--trained-classes", help="Classes it was trained on (default: all of --classes).")
+_MEAN = typer.Option(None, "--mean", help="Per-channel input mean it was trained with, e.g. 0.1307 (default 0).")
+_STD = typer.Option(None, "--std", help="Per-channel input std, e.g. 0.3081 (default 1).")
+_SHAPE = typer.Option(None, "--input-shape", help="C,H,W (default: from the program).")
+_NAME = typer.Option(None, "--name", help="Expert name (default: the file name).")
+
+
+def _card_options(classes, dataset, class_names, num_classes, trained_classes, mean, std, input_shape) -> dict:
+    return {"classes": _ints(classes, "--classes"), "dataset": dataset,
+            "class_names": [n.strip() for n in class_names.split(",")] if class_names else None,
+            "num_classes": num_classes, "trained_classes": _ints(trained_classes, "--trained-classes"),
+            "mean": _floats(mean, "--mean"), "std": _floats(std, "--std"),
+            "input_shape": _ints(input_shape, "--input-shape")}
+
+
+def _written(out: Path, expert) -> None:  # noqa: ANN001
+    c = expert.card
+    out_console.print(f"bundle written: {out} ({c.arch}: {expert.net.extra_repr() or 'registered'}; classes "
+                      f"{c.class_ids} of {c.num_global_classes}; normalization mean {c.normalization.mean} std "
+                      f"{c.normalization.std})", markup=False, highlight=False)
+
+
 @app.command("import")
 def import_program_cmd(
         program: Path = typer.Argument(..., help="A torch.export file (.pt2)."),
         out: Path = typer.Option(..., "-o", "--out", help="Bundle folder to write."),
-        classes: Optional[str] = typer.Option(None, "--classes", help="Global class id of each output unit, "
-                                              "e.g. 0-4 or 5,6,7,8,9 (default 0, 1, ...)."),
-        dataset: Optional[str] = typer.Option(None, "--dataset", help="Known dataset whose class names and count apply "
-                                              "(mnist, fashion_mnist, cifar10, ...)."),
-        class_names: Optional[str] = typer.Option(None, "--class-names", help="Comma-separated names, one per class."),
-        num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Size of the global label space."),
-        trained_classes: Optional[str] = typer.Option(None, "--trained-classes",
-                                                      help="Classes it was trained on (default: all of --classes)."),
-        mean: Optional[str] = typer.Option(None, "--mean", help="Per-channel input mean it was trained with, e.g. 0.1307."),
-        std: Optional[str] = typer.Option(None, "--std", help="Per-channel input std, e.g. 0.3081."),
-        input_shape: Optional[str] = typer.Option(None, "--input-shape", help="C,H,W (default: from the program)."),
-        name: Optional[str] = typer.Option(None, "--name", help="Expert name (default: the file name)."),
+        classes: Optional[str] = _CLASSES, dataset: Optional[str] = _DATASET, class_names: Optional[str] = _NAMES,
+        num_classes: Optional[int] = _NUM, trained_classes: Optional[str] = _TRAINED, mean: Optional[str] = _MEAN,
+        std: Optional[str] = _STD, input_shape: Optional[str] = _SHAPE, name: Optional[str] = _NAME,
 ) -> None:
     """Import a torch.export program of any architecture as a validated bundle; nothing in it is unpickled or run."""
     from exmodel.experts.bundle import check_target, save_bundle
     from exmodel.experts.imports import import_program
 
     check_target(out)
-    names = [n.strip() for n in class_names.split(",")] if class_names else None
-    expert = import_program(program, name=name, classes=_ints(classes, "--classes"), dataset=dataset,
-                            class_names=names, num_classes=num_classes,
-                            trained_classes=_ints(trained_classes, "--trained-classes"),
-                            mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
-                            input_shape=_ints(input_shape, "--input-shape"))
+    expert = import_program(program, name=name, **_card_options(classes, dataset, class_names, num_classes,
+                                                                 trained_classes, mean, std, input_shape))
     save_bundle(expert, out)
-    c = expert.card
-    out_console.print(f"bundle written: {out} ({expert.net.extra_repr()}; classes {c.class_ids} of "
-                      f"{c.num_global_classes}; normalization mean {c.normalization.mean} std {c.normalization.std})",
-                      markup=False, highlight=False)
+    _written(out, expert)
+
+
+@app.command("import-checkpoint")
+def import_checkpoint_cmd(
+        checkpoint: Path = typer.Argument(..., help="A state dict: safetensors, or a torch.save file."),
+        out: Path = typer.Option(..., "-o", "--out", help="Bundle folder to write."),
+        card: Optional[Path] = typer.Option(None, "--card", help="JSON card fields for a registered architecture "
+                                            "(`exmodel card-template` prints one)."),
+        factory: Optional[str] = typer.Option(None, "--factory", help="Your own model: package.module:function or "
+                                              "file.py:function returning the nn.Module (your code, run here); "
+                                              "the bundle is then a torch.export program that needs no code."),
+        rename: list[str] = typer.Option([], "--rename", help="Map key prefixes, OLD=NEW (repeatable), "
+                                         "e.g. 'fc1.=hidden.0.0.'."),
+        rename_file: Optional[Path] = typer.Option(None, "--rename-file", help="JSON object {old prefix: new prefix}."),
+        allow_pickle_checkpoint: bool = typer.Option(False, "--allow-pickle-checkpoint",
+                                                     help="Allow reading a torch.save pickle (weights_only)."),
+        classes: Optional[str] = _CLASSES, dataset: Optional[str] = _DATASET, class_names: Optional[str] = _NAMES,
+        num_classes: Optional[int] = _NUM, trained_classes: Optional[str] = _TRAINED, mean: Optional[str] = _MEAN,
+        std: Optional[str] = _STD, input_shape: Optional[str] = _SHAPE, name: Optional[str] = _NAME,
+) -> None:
+    """Convert a state-dict checkpoint into a validated bundle: a registered architecture (--card) or your own
+    module (--factory, with the card options of `exmodel import`)."""
+    from exmodel.experts.bundle import check_target, save_bundle
+    from exmodel.experts.checkpoint import import_checkpoint, import_with_factory, parse_renames
+
+    if (card is None) == (factory is None):
+        raise ExmodelError("give either --card (a registered architecture) or --factory (your own module)")
+    renames = parse_renames(rename)
+    if rename_file is not None:
+        try:
+            mapping = json.loads(rename_file.read_text())
+            assert isinstance(mapping, dict) and all(isinstance(v, str) for v in mapping.values())
+        except (OSError, ValueError, AssertionError):
+            raise ExmodelError(f"{rename_file}: expected a JSON object of prefix -> prefix") from None
+        renames += list(mapping.items())
+    check_target(out)
+    if card is not None:
+        try:
+            fields = json.loads(card.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ExmodelError(f"{card}: cannot read card fields ({e})") from None
+        expert = import_checkpoint(checkpoint, fields, allow_pickle=allow_pickle_checkpoint, renames=renames)
+    else:
+        expert = import_with_factory(checkpoint, factory, allow_pickle=allow_pickle_checkpoint, renames=renames,
+                                     name=name, **_card_options(classes, dataset, class_names, num_classes,
+                                                                trained_classes, mean, std, input_shape))
+    save_bundle(expert, out)
+    _written(out, expert)
 
 
 def _consolidate_help() -> str:
