@@ -169,6 +169,8 @@ def consolidate(bundles: list[Path] = typer.Argument(..., help="Expert bundles, 
                                                               help="Generator (or pixel) optimisation steps per expert."),
                 min_agreement: float = typer.Option(0.8, "--min-agreement", min=0.0, max=1.0,
                                                     help="Warn about experts the result agrees with less often."),
+                borrow: bool = typer.Option(True, "--borrow-statistics/--no-borrow-statistics",
+                                            help="Invert experts without BatchNorm with their peers' BN statistics."),
                 seed: int = typer.Option(0, "--seed"),
                 device: str = typer.Option("cpu", "--device"),
                 data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="For auxiliary data."),
@@ -188,7 +190,7 @@ def consolidate(bundles: list[Path] = typer.Argument(..., help="Expert bundles, 
         warnings.simplefilter("ignore")  # printed below from the card
         result = run_consolidate(bundles, out, source=source, arch=arch, params=params, seed=seed, device=device,
                                  data_dir=str(data_dir) if data_dir else None, min_agreement=min_agreement,
-                                 progress=progress)
+                                 borrow=borrow, progress=progress)
     training = result.card.training
     for row in training.get("agreement", []):
         kind = "held-out synthetic" if row["held_out"] else "synthetic (distilled on)"

@@ -13,6 +13,10 @@ consolidated model gives the expert's label among *all* classes. An expert below
 on the command line) and recorded in the card, under ``training.warnings``, beside the per-expert
 ``training.agreement``. The check sees what the synthetic samples show; it cannot see a gap between
 synthetic and real images (``exmodel evaluate`` on real data can).
+
+Experts without BatchNorm are inverted with the BatchNorm statistics of their peers that have them
+(:mod:`exmodel.synthesis.borrowed`; ``borrow=False`` turns it off); the card records who borrowed
+from whom under ``training.borrowed_statistics``.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from exmodel.experts.bundle import check_target, load_bundle, save_bundle
 from exmodel.experts.card import ExpertCard
 from exmodel.experts.expert import Expert
 from exmodel.strategies import Step, StreamInfo, build_strategy
+from exmodel.synthesis.borrowed import borrow_statistics
 
 # --source on the command line -> the ED strategy (our defaults) that uses it
 SOURCES = {"inversion": "mi_ed", "impression": "di_ed", "auxiliary": "aux_ed", "noise": "noise_ed"}
@@ -106,11 +111,13 @@ def agreement(model: Expert, x01: torch.Tensor, labels: torch.Tensor, batch_size
 def consolidate(experts: Sequence[Expert | str | Path], out: str | Path | None = None, *, arch: str = "lenet_bn",
                 source: str = "inversion", arch_kwargs: dict | None = None, params: dict | None = None,
                 seed: int = 0, device: str = "cpu", data_dir: str | None = None,
-                min_agreement: float = MIN_AGREEMENT, progress=None) -> Expert:
+                min_agreement: float = MIN_AGREEMENT, borrow: bool = True, progress=None) -> Expert:
     """Distil ``experts`` (:class:`Expert` objects or bundle paths, in stream order) into one model.
 
     Returns the consolidated :class:`Expert`; with ``out`` it is also written there as a bundle.
     ``params`` are Ex-Model Distillation parameters (see :func:`budget_params` for the budget).
+    With ``borrow``, experts without BatchNorm are inverted with the BatchNorm statistics of the
+    experts that have them (:mod:`exmodel.synthesis.borrowed`).
     """
     if source not in SOURCES:
         raise ExmodelError(f"unknown source '{source}'; available: {', '.join(SOURCES)}")
@@ -119,6 +126,9 @@ def consolidate(experts: Sequence[Expert | str | Path], out: str | Path | None =
     if out is not None:
         check_target(Path(out))  # an existing non-bundle is refused before any work, not after it
     experts = _as_experts(experts)
+    borrowed: dict[str, list[str]] = {}
+    if borrow:
+        experts, borrowed = borrow_statistics(experts)
     cards = [e.card for e in experts]
     k, shape, class_names = check_compatible(cards)
     norm = cards[0].normalization
@@ -150,6 +160,7 @@ def consolidate(experts: Sequence[Expert | str | Path], out: str | Path | None =
     result = Expert(card, learner.net)
     report, warned = expert_agreement(result, cards, strategy.agreement_samples(), min_agreement)
     card.training["agreement"], card.training["warnings"] = report, warned
+    card.training["borrowed_statistics"] = borrowed
     for line in warned:
         warnings.warn(line, ExpertNotAbsorbed, stacklevel=2)
     if out is None:

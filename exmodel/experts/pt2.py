@@ -145,7 +145,7 @@ def read_pt2(path: str | os.PathLike | IO[bytes],
         names = [i.filename for i in infos]
         models = [n for n in names if n.count("/") == 2 and n.split("/")[1] == "models" and n.endswith(".json")]
         if not models:
-            raise BundleError(f"{source}: not a torch.export archive (no NAME/models/*.json)")
+            raise BundleError(f"{source}: not a torch.export archive of PyTorch 2.8 or newer (no NAME/models/*.json)")
         if len(models) > 1:
             raise BundleError(f"{source}: holds {len(models)} programs; exmodel imports archives of one")
         prefix = models[0].split("/")[0] + "/"
