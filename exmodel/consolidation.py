@@ -135,8 +135,10 @@ def consolidate(experts: Sequence[Expert | str | Path], out: str | Path | None =
     info = StreamInfo(kind="nc", num_classes=k, input_shape=shape, mean=tuple(norm.mean), std=tuple(norm.std),
                       task_classes=tuple(tuple(c.trained_class_ids) for c in cards), n_experiences=len(cards),
                       data_dir=data_dir)
+    # arch_kwargs may come as an argument or among the ED parameters (``--set arch_kwargs={...}``)
+    kwargs = {**(params or {}).get("arch_kwargs", {}), **(arch_kwargs or {})}
     strategy = build_strategy(SOURCES[source], {"check_samples": CHECK_SAMPLES, **(params or {}), "arch": arch,
-                                                "arch_kwargs": arch_kwargs or {}}, info, seed, device)
+                                                "arch_kwargs": kwargs}, info, seed, device)
     bar = progress.add(f"expert 1 of {len(experts)}", total=len(experts)) if progress is not None else None
     for i, e in enumerate(experts):
         if bar is not None:

@@ -222,3 +222,25 @@ def test_cli_import_then_consolidate_prints_agreement_and_warning(outside, tmp_p
     card = load_bundle(tmp_path / "merged").card
     assert card.training["warnings"] and card.training["iterations"] == 1
     assert card.training["source_params"]["steps"] == 2
+
+
+def test_cli_and_python_api_give_the_same_model(outside, tmp_path):
+    for name, classes, mean, std in (("mlp", "0-4", "0.5", "0.5"), ("cnn", "5-9", "0.1307", "0.3081")):
+        assert main(["-q", "import", str(outside / f"{name}.pt2"), "--classes", classes, "--dataset", "mnist",
+                     "--mean", mean, "--std", std, "-o", str(tmp_path / name)]) == 0
+    assert main(["-q", "consolidate", str(tmp_path / "mlp"), str(tmp_path / "cnn"), "--arch", "mlp", "--seed", "3",
+                 "-o", str(tmp_path / "cli"), "--iterations", "3", "--generator-steps", "3",
+                 "--set", "buffer_size=60", "--set", "batch_size=16", "--set", "arch_kwargs={hidden: [8]}"]) == 0
+    experts = [exmodel.Expert.from_file(outside / "mlp.pt2", classes=range(5), normalization=(0.5, 0.5),
+                                        dataset="mnist", name="mlp"),
+               exmodel.Expert.from_file(outside / "cnn.pt2", classes=range(5, 10), normalization=(0.1307, 0.3081),
+                                        dataset="mnist", name="cnn")]
+    from exmodel.consolidation import budget_params
+
+    params = budget_params({"buffer_size": 60, "batch_size": 16}, iterations=3, generator_steps=3)
+    with pytest.warns(exmodel.ExpertNotAbsorbed):
+        api = exmodel.consolidate(experts, tmp_path / "api", arch="mlp", arch_kwargs={"hidden": [8]}, params=params,
+                                  seed=3)
+    cli = load_bundle(tmp_path / "cli")
+    assert api.card.weights_sha256 == cli.card.weights_sha256
+    assert api.card.training["agreement"] == cli.card.training["agreement"]
