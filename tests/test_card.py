@@ -85,8 +85,8 @@ def test_typo_key_is_named_with_suggestion(tmp_path: Path) -> None:
     data = card_dict()
     data["clas_ids"] = data.pop("class_ids")
     msg = load_error(tmp_path, data)
-    # Both the unknown key and the now-missing class_ids are problems; the first is reported.
-    assert msg == "unknown key 'clas_ids' (did you mean 'class_ids'?) (and 1 more problem)"
+    # Both the unknown key and the now-missing class_ids are problems; both are reported, the typo first.
+    assert msg == "unknown key 'clas_ids' (did you mean 'class_ids'?); missing required key 'class_ids'"
 
 
 def test_missing_key(tmp_path: Path) -> None:

@@ -244,3 +244,9 @@ def test_cli_and_python_api_give_the_same_model(outside, tmp_path):
     cli = load_bundle(tmp_path / "cli")
     assert api.card.weights_sha256 == cli.card.weights_sha256
     assert api.card.training["agreement"] == cli.card.training["agreement"]
+
+
+def test_a_pt2_given_as_a_bundle_says_how_to_import_it(outside, capsys):
+    assert main(["inspect", str(outside / "mlp.pt2")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a torch.export program, not an exmodel bundle; import it first" in err[0]

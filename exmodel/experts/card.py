@@ -57,33 +57,36 @@ def _short_repr(value: Any, limit: int = 60) -> str:
 
 
 def format_validation_error(exc: ValidationError, source: str, model: type[BaseModel]) -> str:
-    """Turn a pydantic ValidationError into one readable line prefixed by ``source``."""
+    """Turn a pydantic ValidationError into one readable line prefixed by ``source``: every problem
+    (up to eight), separated by semicolons."""
     # An unknown key is usually a typo, and the cause of any "missing key" error next to it.
     errors = sorted(exc.errors(), key=lambda e: e.get("type") != "extra_forbidden")
-    first = errors[0]
-    loc = tuple(first.get("loc", ()))
+    lines = [_describe(e, model) for e in errors[:8]]
+    more = len(errors) - len(lines)
+    suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+    return f"{source}: {'; '.join(lines)}{suffix}"
+
+
+def _describe(error: dict, model: type[BaseModel]) -> str:
+    """One problem of a pydantic error list as a short phrase naming the field."""
+    loc = tuple(error.get("loc", ()))
     where = _format_loc(loc)
-    kind = first.get("type", "")
-    msg = str(first.get("msg", "invalid value"))
+    kind = error.get("type", "")
+    msg = str(error.get("msg", "invalid value"))
     if kind == "extra_forbidden":
         known = list(model.model_fields) if len(loc) == 1 else []
         close = difflib.get_close_matches(str(loc[-1]), known, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        line = f"unknown key '{where}'{hint}"
-    elif kind == "missing" and loc and isinstance(loc[-1], int):
-        line = f"{_format_loc(loc[:-1])}: too few items (item {loc[-1]} is missing)"
-    elif kind == "missing":
-        line = f"missing required key '{where}'"
-    elif kind == "value_error":
+        return f"unknown key '{where}'{hint}"
+    if kind == "missing" and loc and isinstance(loc[-1], int):
+        return f"{_format_loc(loc[:-1])}: too few items (item {loc[-1]} is missing)"
+    if kind == "missing":
+        return f"missing required key '{where}'"
+    if kind == "value_error":
         # Our own validators: the message already names the field.
         line = msg.removeprefix("Value error, ")
-        if where:
-            line = f"{where}: {line}"
-    else:
-        line = f"{where}: {msg} (got {_short_repr(first.get('input'))})" if where else msg
-    more = len(errors) - 1
-    suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
-    return f"{source}: {line}{suffix}"
+        return f"{where}: {line}" if where else line
+    return f"{where}: {msg} (got {_short_repr(error.get('input'))})" if where else msg
 
 
 class Normalization(BaseModel):
