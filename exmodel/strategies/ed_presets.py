@@ -41,6 +41,11 @@ _OURS_COMMON: dict[str, Any] = {"buffer_size": 2000, "iterations": 1000, "optimi
                                 "lambda_ce": 1.0, "augment": True, "quantize_buffer": True}
 _OURS_PRIORS: dict[str, Any] = {"w_bn": 1.0, "w_tv": 0.01, "steps": 100}
 _OURS_GENERATOR: dict[str, Any] = {"steps": 500, "w_bn": 0.3, "w_div": 1.5, "relabel": True}
+# The generator's realism prior is chosen per expert (``prior: auto``, the source's default): the BN
+# term above for an expert with BatchNorm layers (unchanged), and for one without the ``bn_free``
+# prior — input-normalization moments (``w_input`` 1) and DAFL's activation loss (``w_act`` 0.1) —
+# which lifted plain-LeNet experts from 21.2 to 37.1 % on validation (docs/ed_tuning.md, "Experts
+# without BatchNorm").
 # Style jitter in distillation (random stroke width, gamma, blur): every generator draws in its own
 # style, shared by the classes of its expert; jittering it keeps the ex-model from telling experts
 # apart by style instead of classes apart by shape (+3.4 points on validation).

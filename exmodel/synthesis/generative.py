@@ -14,7 +14,19 @@ among the requested classes and minimises, on ``x = G(z, y)``,
                           +  w_l1·Σ x01  +  w_tv·TV(x)
 
 with the same priors as model inversion (:mod:`~exmodel.synthesis.priors`). The generator ends in a
-sigmoid, so its images are valid [0, 1] images by construction. After training, ``n`` images are
+sigmoid, so its images are valid [0, 1] images by construction.
+
+The BN term needs an expert with BatchNorm layers. For an expert without them, ``prior: auto`` (the
+default) replaces it by the ``bn_free`` prior
+
+    w_input·(||μ(x̂)||² + ||σ(x̂) − 1||²)  −  w_act·mean |features|
+
+on the normalized images ``x̂ = (x − mean) / std``: the expert's input normalization holds its
+training data's per-channel pixel mean and std, so real normalized pixels have mean 0 and std 1 (a
+BN layer in front of the network with known statistics), and DAFL's activation term (Chen et al.
+2019) asks for images that excite the expert's penultimate features as real ones do. For an expert
+with BN layers nothing changes (same losses, same images). ``prior`` forces ``bn``, ``bn_free`` or
+``none``. After training, ``n`` images are
 sampled with fresh codes; with ``relabel`` each takes the expert's prediction among the requested
 classes as its label.
 """
@@ -22,7 +34,7 @@ classes as its label.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +51,7 @@ from exmodel.synthesis.base import (KnowledgeSource, balanced_labels, check_coun
 from exmodel.synthesis.guide import Guide, guided_cross_entropy
 from exmodel.synthesis.inversion import features_and_logits, local_index
 from exmodel.synthesis.objective import PriorParams, prior_terms
-from exmodel.synthesis.priors import BNStatsRecorder
+from exmodel.synthesis.priors import BNStatsRecorder, activation_loss, input_moments_loss
 
 
 class ConditionalGenerator(nn.Module):
@@ -86,6 +98,26 @@ class GenerativeParams(PriorParams):
     relabel: bool = Field(True, description="label each sample with the expert's prediction among the classes")
     w_guide: float = Field(0.0, ge=0, description="weight of the combined old/new class loss with the previous "
                                                   "ex-model as guide (see guide.py); 0: off")
+    prior: Literal["auto", "bn", "bn_free", "none"] = Field(
+        "auto", description="the realism prior: 'bn' matches the expert's BatchNorm statistics (w_bn; nothing "
+                            "for an expert without BN), 'bn_free' needs no BN (w_input, w_act), 'none' neither; "
+                            "'auto' picks 'bn' for an expert with BN layers, 'bn_free' for one without")
+    w_input: float = Field(1.0, ge=0, description="bn_free prior: weight of matching the batch's per-channel mean "
+                                                  "and std of normalized pixels to 0 and 1 (the expert's input "
+                                                  "normalization, i.e. its training data's pixel statistics)")
+    w_act: float = Field(0.1, ge=0, description="bn_free prior: weight of DAFL's activation loss, "
+                                                "−mean |penultimate features|")
+
+
+def bn_free_terms(p: GenerativeParams, xn: torch.Tensor, features: torch.Tensor) -> torch.Tensor | float:
+    """The ``bn_free`` prior: ``w_input·input_moments(xn) + w_act·activation(features)`` on the
+    normalized images ``xn`` (before augmentation) and the expert's penultimate features."""
+    loss: torch.Tensor | float = 0.0
+    if p.w_input:
+        loss = loss + p.w_input * input_moments_loss(xn)
+    if p.w_act:
+        loss = loss + p.w_act * activation_loss(features)
+    return loss
 
 
 @register_source("generative")
@@ -110,16 +142,21 @@ class GenerativeInversion(KnowledgeSource):
         with frozen_expert(expert), seeded_global_rng(generator, device), BNStatsRecorder(expert.net) as rec:
             gen = ConditionalGenerator(len(chosen), expert.card.input_shape, p.z_dim, p.width).to(device)
             opt = torch.optim.Adam(gen.parameters(), lr=p.lr, betas=(0.5, 0.999))
-            use_bn = p.w_bn > 0 and len(rec) > 0
+            prior = p.prior if p.prior != "auto" else ("bn" if len(rec) > 0 else "bn_free")
+            use_bn = prior == "bn" and p.w_bn > 0 and len(rec) > 0
+            bn_free = prior == "bn_free"
             rec.enabled = use_bn
             gen.train()
             for _ in range(p.steps):
                 k = balanced_labels(range(len(chosen)), p.batch_size, generator).to(device)
                 z = torch.randn(p.batch_size, p.z_dim, generator=generator).to(device)
                 x01 = gen(z, k)
-                feats, logits = features_and_logits(expert.net, aug((x01 - mean) / std), expert.card.task_id)
+                xn = (x01 - mean) / std
+                feats, logits = features_and_logits(expert.net, aug(xn), expert.card.task_id)
                 loss = F.cross_entropy(logits / p.temperature, targets_of[k]) + prior_terms(
                     p, x01=x01, tv_input=x01, features=feats, labels=k, bn=rec if use_bn else None)
+                if bn_free:
+                    loss = loss + bn_free_terms(p, xn, feats)
                 if guided:
                     g = guide.model(fit_input(x01, guide.input_shape))
                     loss = loss + p.w_guide * guided_cross_entropy(g, logits, global_of[k], guide.classes, columns,

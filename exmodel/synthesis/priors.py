@@ -192,3 +192,47 @@ def diversity_loss(features: torch.Tensor, labels: torch.Tensor | None = None) -
         return features.new_zeros(())
     return sim[mask].mean()
 
+
+
+# ---------------------------------------------------------------------------------------------- BN-free priors
+# An expert without BatchNorm records no statistics of its training data, so the BN term above has
+# nothing to match. These terms need only what every expert has: its input normalization and its
+# penultimate features (``forward_features``).
+
+
+def input_moments_loss(x: torch.Tensor) -> torch.Tensor:
+    """``||μ_syn||² + ||σ_syn − 1||²`` summed over channels, where ``μ_syn`` and ``σ_syn`` are the
+    per-channel mean and (biased) standard deviation over (N, H, W) of a batch ``x`` of *normalized*
+    images.
+
+    Every expert standardises its input with the per-channel mean and std of its training data, so
+    on real data the normalized pixels have mean 0 and std 1 per channel: the normalization is a
+    BatchNorm layer in front of the network whose running statistics are known, and this is the BN
+    term of that layer (:func:`bn_statistics_loss` with running mean 0 and variance 1). On MNIST
+    (mean 0.13, std 0.31 in [0, 1]) it asks for near-binary images with about 13 % ink: dark
+    background, bright strokes.
+    """
+    _check_images(x, "input_moments_loss")
+    mean, var = batch_moments(x)
+    std = torch.sqrt(var + BN_STD_EPS)
+    return mean.pow(2).sum() + (std - 1.0).pow(2).sum()
+
+
+def activation_loss(features: torch.Tensor) -> torch.Tensor:
+    """DAFL's activation loss (Chen et al. 2019): ``−mean |features|``, the negative mean absolute
+    value over the batch and the feature dimensions. Real images excite the expert's penultimate
+    features far more than patterns that merely cross its decision boundary; minimising this asks
+    for such images."""
+    if features.ndim != 2:
+        raise ValueError(f"activation_loss: expected features shaped (B, D), got {tuple(features.shape)}")
+    return -features.abs().mean()
+
+
+def entropy_balance_loss(probs: torch.Tensor) -> torch.Tensor:
+    """DAFL's information-entropy loss: ``Σ_k p̄_k log p̄_k`` (the negative entropy) of the batch's
+    mean class distribution ``p̄``; minimal (−log K) when the batch is spread evenly over the K
+    classes. ``probs`` is (B, K), rows summing to 1."""
+    if probs.ndim != 2:
+        raise ValueError(f"entropy_balance_loss: expected probabilities shaped (B, K), got {tuple(probs.shape)}")
+    mean = probs.mean(0)
+    return (mean * torch.log(mean.clamp_min(1e-12))).sum()
