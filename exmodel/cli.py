@@ -18,16 +18,16 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 
 from exmodel import __version__
 from exmodel.errors import ExmodelError
+from exmodel.text import SafeConsole, printable
 
 PROG = "exmodel"
 app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False,
                   help="Continual learning from trained models (ex-model continual learning).")
 _state = {"debug": False, "quiet": False}
-out_console = Console()
+out_console = SafeConsole()
 
 
 def _show_version(value: bool) -> None:
@@ -43,6 +43,12 @@ def _main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on 
           version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True,
                                        help="Print the version and exit.")) -> None:
     _state["debug"], _state["quiet"] = debug, quiet
+
+
+def _check_file_target(path: Optional[Path], option: str) -> None:
+    """Refuse an output file path that cannot be one before any work is done."""
+    if path is not None and (path.is_dir() or path.is_symlink() and not path.exists()):
+        raise ExmodelError(f"{option} {path}: is a directory or a dangling link, not a file to write")
 
 
 def _progress():
@@ -83,7 +89,10 @@ def run(config: Optional[Path] = typer.Argument(None, help="YAML config (default
     from exmodel.reporting.tables import rich_table
     from exmodel.runner import run_experiment
 
+    from exmodel.devices import check_device
+
     cfg = _load(config, overrides, seeds)
+    check_device(cfg.device)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = out or Path("runs") / f"{cfg.name}-{stamp}"
     with _progress() as progress:
@@ -101,14 +110,27 @@ def train_experts(config: Optional[Path] = typer.Argument(None, help="YAML confi
                   export: Optional[Path] = typer.Option(None, "--export", help="Also copy the bundles into this folder."),
                   download: bool = typer.Option(False, "--download")) -> None:
     """Train (or load from cache) the stream of experts of CONFIG for each seed."""
-    import shutil
-
     from exmodel.data import load_dataset, resolve_data_dir
+    from exmodel.experts.bundle import check_target, save_bundle
     from exmodel.runner import experts_for
 
     cfg = _load(config, overrides, seeds)
     resolved = resolve_data_dir(data_dir)
     data = load_dataset(cfg.scenario.dataset, resolved, download=download)
+
+    def export_bundle(expert, target: Path) -> None:
+        # written afresh (save_bundle: a new directory swapped in), never through what is there:
+        # a symbolic link or a non-bundle at the target is refused, not followed
+        if target.parent.is_symlink():
+            raise ExmodelError(f"{target.parent}: is a symbolic link; refusing to export through it")
+        check_target(target)
+        save_bundle(expert, target)
+
+    if export is not None:
+        for seed in cfg.seeds:  # refuse a bad destination before any expert is trained
+            dest = export / f"seed-{seed}"
+            if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
+                raise ExmodelError(f"{dest}: exists and is not a folder of bundles; refusing to export into it")
     with _progress() as progress:
         for seed in cfg.seeds:
             _, experts, root = experts_for(cfg, data, "full" if resolved else "embedded", seed, cache_dir, progress=progress)
@@ -117,7 +139,8 @@ def train_experts(config: Optional[Path] = typer.Argument(None, help="YAML confi
                                   f"accuracy {100 * e.card.test_accuracy:.2f}%")
             if export:
                 dest = export / f"seed-{seed}"
-                shutil.copytree(root, dest, dirs_exist_ok=True)
+                for e in experts:
+                    export_bundle(e, dest / f"expert-{e.card.experience:03d}")
                 out_console.print(f"bundles: {dest}")
             else:
                 out_console.print(f"bundles: {root}")
@@ -133,8 +156,10 @@ def inspect(bundle: Path = typer.Argument(..., help="An expert bundle folder (ca
     if as_json:
         print(json.dumps(info, indent=2, default=str))
     else:
+        from rich.text import Text
+
         for key, value in info.items():
-            out_console.print(f"[bold]{key}[/bold]: {value}")
+            out_console.print(Text.assemble((key, "bold"), ": ", printable(value, one_line=True)))
     if not info["verified"]:
         from exmodel.errors import BundleError
 
@@ -148,6 +173,7 @@ def report(run_dirs: list[Path] = typer.Argument(..., help="One or more run fold
     from exmodel.fileio import atomic_write_text
     from exmodel.reporting.merge import combined_markdown, combined_rich_table, load_results
 
+    _check_file_target(out, "--out")
     results = [load_results(d) for d in run_dirs]
     out_console.print(combined_rich_table(results))
     if out:
@@ -166,21 +192,24 @@ def evaluate(bundles: list[Path] = typer.Argument(..., help="Expert bundles to s
              json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results here as JSON."),
              ) -> None:
     """Score expert bundles (your own, or what consolidate wrote) on a labelled dataset."""
-    from rich.table import Table
+    from exmodel.text import SafeTable
 
+    from exmodel.devices import check_device
     from exmodel.evaluation.score import evaluate_bundle
     from exmodel.fileio import atomic_write_json
 
+    check_device(device)
+    _check_file_target(json_out, "--json")
     with _progress() as progress:
         results = [evaluate_bundle(b, dataset, split=split, data_dir=str(data_dir) if data_dir else None,
                                    all_classes=all_classes, device=device, progress=progress) for b in bundles]
-    table = Table()
+    table = SafeTable()
     for header in ("#", "bundle", "arch", "classes", "images", "accuracy (%)"):
         table.add_column(header, no_wrap=True)
     for k, r in enumerate(results, 1):
         classes = r["classes"] if r["classes"] == "all" else ",".join(map(str, r["classes"]))
         table.add_row(str(k), r["name"], r["arch"], classes, str(r["images"]), f"{100 * r['accuracy']:.2f}")
-    per_class = Table(title="per class (%)")
+    per_class = SafeTable(title="per class (%)")
     per_class.add_column("class")
     for k in range(1, len(results) + 1):
         per_class.add_column(f"#{k}", justify="right")
@@ -239,7 +268,7 @@ def _usage_error(e) -> int:
         usage = " ".join(ctx.get_usage().split())  # plain text; may span lines for long commands
         print(usage if usage.startswith("Usage:") else f"Usage: {usage}", file=sys.stderr)
         message += f" (try '{ctx.command_path} --help')"
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {printable(message, one_line=True)}", file=sys.stderr)
     return e.exit_code
 
 
@@ -255,21 +284,28 @@ def main(argv: list[str] | None = None) -> int:
     except ExmodelError as e:
         if _state["debug"]:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {printable(e, one_line=True)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         code = 130
     except exc.UsageError as e:
         return _usage_error(e)
     except exc.ClickException as e:  # e.g. a file that cannot be opened
-        print(f"error: {_one_line(e.format_message())}", file=sys.stderr)
+        print(f"error: {printable(_one_line(e.format_message()), one_line=True)}", file=sys.stderr)
         return e.exit_code
     except typer.Abort:
         code = 130
+    except OSError as e:  # a path that cannot be written or read: a directory given for a file, a full disk
+        if _state["debug"]:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {printable(where, one_line=True)}{printable(e.strerror or e, one_line=True)}", file=sys.stderr)
+        return 2
     except Exception as e:  # unexpected failures
         if _state["debug"]:
             raise
-        print(f"error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", file=sys.stderr)
+        print(f"error: {type(e).__name__}: {printable(e, one_line=True)} (rerun with --debug for the traceback)",
+              file=sys.stderr)
         return 1
     # Without standalone mode typer returns the command's value, or the code of a typer.Exit: 0 after
     # --help/--version, 130 after Ctrl-C (it turns KeyboardInterrupt into Exit(130)).

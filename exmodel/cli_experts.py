@@ -14,6 +14,7 @@ from typer.core import TyperCommand
 
 from exmodel.cli import _progress, app, out_console
 from exmodel.errors import ExmodelError
+from exmodel.text import printable
 
 
 def _ints(text: Optional[str], what: str) -> Optional[list[int]]:
@@ -182,6 +183,9 @@ def consolidate(bundles: list[Path] = typer.Argument(..., help="Expert bundles, 
 
     if source not in SOURCES:
         raise ExmodelError(f"unknown source '{source}'; available: {', '.join(SOURCES)}")
+    from exmodel.devices import check_device
+
+    check_device(device)
     params = budget_params(dict(parse_overrides(overrides)), iterations=iterations, generator_steps=generator_steps,
                            budget=budget, strategy=SOURCES[source])
     import warnings
@@ -197,7 +201,7 @@ def consolidate(bundles: list[Path] = typer.Argument(..., help="Expert bundles, 
         out_console.print(f"  {row['expert']}: classes {row['classes']}, agreement {100 * row['agreement']:.1f} % "
                           f"on {row['samples']} {kind} samples", markup=False, highlight=False)
     for line in training.get("warnings", []):
-        print(f"warning: {line}", file=sys.stderr)
+        print(f"warning: {printable(line, one_line=True)}", file=sys.stderr)
     out_console.print(f"consolidated {len(bundles)} experts into {out} ({result.card.arch}, classes "
                       f"{result.card.trained_class_ids})", markup=False, highlight=False)
 

@@ -7,13 +7,77 @@ for a misspelt key, the allowed ones (``ConfigError``). ``--set key=value`` over
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from exmodel import limits
 from exmodel.errors import ConfigError
+from exmodel.fileio import read_bounded
+
+# Run and strategy names become folder and file names (runs/NAME-time/, cells/NAME/, the expert
+# cache): one path component, no separators, no "..", nothing a terminal would interpret.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
+MAX_SEED = 2**32 - 1  # what numpy's and torch's seeding take everywhere
+
+
+def check_name(value: str, what: str = "name") -> str:
+    if not _SAFE_NAME.fullmatch(value) or ".." in value:
+        raise ValueError(f"{what} {value!r} must be 1-100 letters, digits and . _ + - (starting with a letter or "
+                         f"digit, no '..'): it names folders")
+    return value
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML without aliases: ``*name`` repeats a node, and nested repeats grow a few hundred bytes
+    into gigabytes ("billion laughs"). Configs never need them."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.events.AliasEvent):
+            event = self.peek_event()
+            raise ConfigError(f"YAML alias *{event.anchor} (line {event.start_mark.line + 1}): aliases and anchors "
+                              f"are not accepted in configs; write the values out")
+        return super().compose_node(parent, index)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """``text`` parsed as YAML without aliases; one-line :class:`ConfigError` on any problem."""
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506  a SafeLoader subclass
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML ({' '.join(str(exc).split())})") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: YAML nested too deeply") from None
+
+
+class _NoAliasDumper(yaml.SafeDumper):
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def dump_yaml(tree: Any) -> str:
+    """``tree`` as YAML that :func:`parse_yaml` reads back: values written out, never aliased."""
+    return yaml.dump(tree, Dumper=_NoAliasDumper, sort_keys=False, allow_unicode=True)
+
+
+def read_yaml_file(path: Path) -> Any:
+    """The YAML document of the file ``path``: bounded in size, UTF-8, no aliases."""
+    try:
+        raw = read_bounded(path, limits.max_text_bytes(), "the file")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    return parse_yaml(text, str(path))
 
 
 class _Strict(BaseModel):
@@ -62,6 +126,11 @@ class StrategyConfig(_Strict):
     type: str | None = None  # the registered strategy (defaults to name)
     params: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        return check_name(value, "strategy name")
+
     @property
     def strategy_type(self) -> str:
         return self.type or self.name
@@ -82,6 +151,32 @@ class RunConfig(_Strict):
     device: str = "cpu"
     eval_batch_size: int = Field(1000, ge=1)
     reference: dict[str, Reference] = Field(default_factory=dict)  # the paper's numbers, shown beside ours
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        return check_name(value, "config name")
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds_in_range(cls, value: list[int]) -> list[int]:
+        if not value:
+            raise ValueError("list at least one seed")
+        for seed in value:
+            if not 0 <= seed <= MAX_SEED:
+                raise ValueError(f"seed {seed} is out of range [0, {MAX_SEED}]")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        from exmodel.devices import parse_device
+
+        try:
+            parse_device(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return value
 
 
 def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
@@ -132,7 +227,7 @@ def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
         if "=" not in item:
             raise ConfigError(f"--set expects key=value, got '{item}'")
         key, raw = item.split("=", 1)
-        out.append((key.strip(), yaml.safe_load(raw)))
+        out.append((key.strip(), parse_yaml(raw, f"--set {key.strip()}")))
     return out
 
 
@@ -144,10 +239,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
-        try:
-            tree = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+        tree = read_yaml_file(p) or {}
         if not isinstance(tree, dict):
             raise ConfigError(f"{p}: expected a mapping at the top level")
         tree.setdefault("name", p.stem)
@@ -156,7 +248,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     for key, value in parse_overrides(overrides or []):
         try:
             set_path(tree, key, value)
-        except (IndexError, ValueError, TypeError):
+        except (IndexError, ValueError, TypeError, AttributeError):
             raise ConfigError(f"--set {key}: no such entry in {source}") from None
     try:
         return RunConfig.model_validate(tree)

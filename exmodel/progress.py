@@ -21,8 +21,9 @@ from collections import deque
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from exmodel.text import SafeConsole, printable
 
 
 _clock = time.monotonic  # seconds; replaced in tests
@@ -43,8 +44,8 @@ class Progress(AbstractContextManager):
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
-        self.console = Console(file=sys.stderr)
-        self._bar = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        self.console = SafeConsole(file=sys.stderr)
+        self._bar = RichProgress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                                  console=self.console, transient=True,
                                  disable=not (enabled and self.console.is_terminal))
@@ -61,6 +62,7 @@ class Progress(AbstractContextManager):
         self._bar.stop()
 
     def add(self, description: str, total: int):
+        description = printable(description, one_line=True)  # names come from cards and configs
         task = self._bar.add_task(description, total=total)
         if self._plain:
             top_level = not self._tasks
@@ -76,6 +78,7 @@ class Progress(AbstractContextManager):
 
     def update(self, task, description: str) -> None:
         """Rename a task (e.g. ``expert 2 of 5``); in logs the new name is a line of its own."""
+        description = printable(description, one_line=True)
         self._bar.update(task, description=description)
         if task in self._tasks:
             self._tasks[task].description = description

@@ -21,19 +21,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
-from exmodel.config import RunConfig
+from exmodel import limits
+from exmodel.config import RunConfig, dump_yaml, read_yaml_file
 from exmodel.data import load_dataset, resolve_data_dir
 from exmodel.errors import ExmodelError
 from exmodel.evaluation import (PeakMemory, Stopwatch, average_accuracy, backward_transfer, confusion_matrix, count_macs,
                                 evaluate_predictor, forgetting, per_class_accuracy, state_bytes, stream_accuracy)
 from exmodel.experts.zoo import expert_stream
-from exmodel.fileio import atomic_write_json, atomic_write_text
+from exmodel.fileio import atomic_write_json, atomic_write_text, read_bounded
 from exmodel.progress import Progress
 from exmodel.reporting.aggregate import aggregate
 from exmodel.reporting.records import EventLog, environment
 from exmodel.scenarios import Stream, build_stream, subsample_per_class, validation_split
+from exmodel.params import validate_params
 from exmodel.strategies import Step, StreamInfo, build_strategy, strategy_class
 
 
@@ -133,21 +134,35 @@ def _check_out_dir(out: Path, cfg: RunConfig) -> None:
     path = out / "config.yaml"
     if path.exists():
         try:
-            same = RunConfig.model_validate(yaml.safe_load(path.read_text())) == cfg
-        except (yaml.YAMLError, ValueError):
+            same = RunConfig.model_validate(read_yaml_file(path)) == cfg
+        except (ExmodelError, ValueError):
             same = False
         if not same:
             raise ExmodelError(f"{out} holds a run of a different config; use another --out to start a new run")
-    atomic_write_text(path, yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+    atomic_write_text(path, dump_yaml(cfg.model_dump()))
+
+
+def _finished_cell(path: Path) -> dict | None:
+    """The record of a finished cell, or None when its file is damaged (it is computed again)."""
+    try:
+        record = json.loads(read_bounded(path, limits.max_text_bytes(), "the cell").decode("utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return record if isinstance(record, dict) and "stream_accuracy" in record else None
 
 
 def run_experiment(cfg: RunConfig, out: Path, *, data_dir=None, cache_dir: Path | None = None, download: bool = False,
                    progress: Progress | None = None) -> dict:
     """Run (or resume) ``cfg`` into ``out``; returns the aggregated results."""
-    for s in cfg.strategies:  # fail on a bad strategy name before any training
-        strategy_class(s.strategy_type)
+    if not cfg.strategies:
+        raise ExmodelError("the config lists no strategies; add some under 'strategies:' "
+                           "(`exmodel train-experts` trains the experts alone)")
+    for s in cfg.strategies:  # fail on a bad strategy name or parameter before any training
+        validate_params(f"strategy '{s.name}'", strategy_class(s.strategy_type).Params, s.params)
     if len({s.name for s in cfg.strategies}) != len(cfg.strategies):
         raise ExmodelError("strategy names in a config must be unique")
+    if Path(out).exists() and not Path(out).is_dir():
+        raise ExmodelError(f"--out {out} is a file, not a run folder")
     resolved = resolve_data_dir(data_dir)
     data = load_dataset(cfg.scenario.dataset, resolved, download=download)  # fails before anything is written
     source = "full" if resolved else "embedded"
@@ -168,9 +183,13 @@ def run_experiment(cfg: RunConfig, out: Path, *, data_dir=None, cache_dir: Path 
         for s in cfg.strategies:
             path = out / "cells" / s.name / f"seed-{seed}.json"
             if path.exists():
-                cells[s.name][seed] = json.loads(path.read_text())
-                log("cell_skipped", strategy=s.name, seed=seed, reason="already finished")
-                continue
+                if (record := _finished_cell(path)) is not None:
+                    cells[s.name][seed] = record
+                    log("cell_skipped", strategy=s.name, seed=seed, reason="already finished")
+                    continue
+                log("cell_unreadable", strategy=s.name, seed=seed, path=str(path))
+                if progress:
+                    progress.log(f"warning: {path} is unreadable; computing the cell again")
             t0 = time.perf_counter()
             record = run_cell(cfg, s.name, stream, experts, seed, data_dir=resolved, progress=progress, log=log)
             atomic_write_json(path, record)

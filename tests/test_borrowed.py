@@ -62,3 +62,34 @@ def test_generator_pass_records_the_references_statistics_of_the_same_images():
         h2.remove()
         torch.testing.assert_close(seen[0], direct[0])
     handle.remove()
+
+
+def test_borrowed_statistics_are_matched_class_by_class(monkeypatch):
+    """``bn_groups: auto`` groups the BN term by class for a borrower, by batch for an expert's own
+    statistics; ``batch`` and ``class`` force either."""
+    from exmodel.synthesis import build_source
+    from exmodel.synthesis.priors import BNStatsRecorder as Recorder
+
+    plain = _expert("plain", "mlp", [0, 1], 0.5, 0.5, hidden=[8])
+    bn = _expert("bn", "lenet_bn", [2, 3], 0.1, 0.3)
+    wrapped = borrow_statistics([plain, bn])[0][0]
+    seen = []
+    original = Recorder.loss
+
+    def spy(self, first_weight=1.0):
+        seen.append(None if self.groups is None else self.groups.clone())
+        return original(self, first_weight)
+
+    monkeypatch.setattr(Recorder, "loss", spy)
+
+    def groups_used(expert, **params):
+        seen.clear()
+        src = build_source("generative", {"steps": 2, "batch_size": 8, "relabel": False, "w_bn": 1.0, **params})
+        src.generate(expert, 4, torch.Generator().manual_seed(0))
+        return seen
+
+    by_class = groups_used(wrapped)
+    assert len(by_class) == 2 and all(g is not None and set(g.tolist()) == {0, 1} for g in by_class)
+    assert groups_used(bn) == [None, None]
+    assert groups_used(wrapped, bn_groups="batch") == [None, None]
+    assert all(g is not None for g in groups_used(bn, bn_groups="class"))

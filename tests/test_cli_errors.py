@@ -75,7 +75,8 @@ def test_inspect_accepts_the_valid_bundle(capsys: pytest.CaptureFixture[str], bu
 def test_truncated_bundle(capsys: pytest.CaptureFixture[str], bundle: Path) -> None:
     raw = (bundle / "weights.safetensors").read_bytes()
     (bundle / "weights.safetensors").write_bytes(raw[: len(raw) // 2])
-    line = _inspect_fails(capsys, bundle, "weights.safetensors is truncated or not a valid safetensors file")
+    line = _inspect_fails(capsys, bundle, f"weights.safetensors is {len(raw) // 2} bytes but its header describes "
+                                          f"{len(raw)} (truncated)")
     assert str(bundle) in line
 
 
@@ -131,7 +132,7 @@ def test_corrupted_expert_cache_is_reported_not_used(capsys: pytest.CaptureFixtu
     weights.write_bytes(weights.read_bytes()[:1000])
     before = snapshot(cache)
     line = assert_one_error_line(cli(capsys, "-q", "train-experts", config, "--cache-dir", cache),
-                                 "weights.safetensors is truncated")
+                                 "weights.safetensors is 1000 bytes but its header describes")
     assert str(weights.parent) in line
     assert snapshot(cache) == before
 

@@ -121,6 +121,22 @@ def test_recorder_can_pause_and_handles_batchnorm1d():
         assert rec.loss().item() == pytest.approx(4.0, abs=1e-5)
 
 
+def test_recorder_with_groups_averages_the_bn_term_of_each_group():
+    bn = nn.BatchNorm1d(1).eval()  # running mean 0, var 1
+    x = torch.tensor([[1.0], [3.0], [-1.0], [-1.0]])
+    with BNStatsRecorder(bn) as rec:
+        rec.groups = torch.tensor([0, 0, 1, 1])
+        bn(x)
+        # group 0: mean 2, var 1 -> 4 + 0; group 1: mean -1, var 0 -> 1 + (1 - 1e-4)^2
+        assert len(rec.group_stats()) == 2
+        assert rec.loss().item() == pytest.approx((4.0 + 1.0 + (1 - 1e-4) ** 2) / 2, abs=1e-4)
+        torch.testing.assert_close(rec.stats[0][0], torch.tensor([2.0]))  # .stats: the first group
+        rec.groups = None
+        bn(x)  # the whole batch: mean 0.5, var 2.75
+        want = 0.25 + (math.sqrt(2.75) - 1) ** 2
+        assert len(rec.group_stats()) == 1 and rec.loss().item() == pytest.approx(want, abs=1e-5)
+
+
 def test_recorder_finds_every_bn_layer_of_an_exmodelnet():
     net = build_model("lenet_bn", num_classes=2)
     with BNStatsRecorder(net) as rec:

@@ -19,24 +19,30 @@ leaves a half-written bundle under the final name.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
 import struct
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import safetensors.torch
 import torch
 from torch import nn
 
+from exmodel import limits
 from exmodel.errors import BundleError, ExmodelError
 from exmodel.experts.card import ExpertCard
 from exmodel.experts.expert import Expert
 from exmodel.experts.program import PROGRAM_ARCH, PROGRAM_FILE, ProgramNet
-from exmodel.fileio import atomic_replace_dir, atomic_write_bytes, atomic_write_text, sha256_bytes
+from exmodel.experts.weights_file import header_tensors, read_data, read_weights
+from exmodel.fileio import (atomic_replace_dir, atomic_write_bytes, atomic_write_text, open_dir, read_bounded,
+                            sha256_bytes)
+from exmodel.text import quoted
 
 WEIGHTS_FILE = "weights.safetensors"
 CARD_FILE = "card.json"
@@ -68,6 +74,12 @@ def _build_net(card: ExpertCard, source: str) -> nn.Module:
         raise BundleError(f"{source}: card arch_kwargs are invalid for '{card.arch}': {_first_line(exc)}") from None
 
 
+def _meta_state(card: ExpertCard, source: str) -> Mapping[str, torch.Tensor]:
+    """The state dict ``card`` asks for, built on the meta device (shapes and dtypes, no storage)."""
+    with torch.device("meta"):
+        return _build_net(card, source).state_dict()
+
+
 def _shape(t: torch.Tensor | torch.Size) -> str:
     dims = tuple(t.shape if isinstance(t, torch.Tensor) else t)
     return "(" + ", ".join(map(str, dims)) + ")"
@@ -76,24 +88,30 @@ def _shape(t: torch.Tensor | torch.Size) -> str:
 def check_tensors(expected: Mapping[str, torch.Tensor], got: Mapping[str, torch.Tensor], arch: str,
                   source: str) -> None:
     """Names, shapes and dtypes of ``got`` must equal ``expected``; all floats must be finite."""
-    for name, ref in expected.items():
-        if name not in got:
-            raise BundleError(f"{source}: weights lack tensor '{name}' {_shape(ref)} that arch '{arch}' needs")
-    for name in got:
-        if name not in expected:
-            raise BundleError(f"{source}: weights hold tensor '{name}' that arch '{arch}' does not have")
-    for name, ref in expected.items():
-        t = got[name]
-        if tuple(t.shape) != tuple(ref.shape):
-            raise BundleError(
-                f"{source}: tensor '{name}' has shape {_shape(t)}, expected {_shape(ref)} for arch '{arch}'"
-            )
-        if t.dtype != ref.dtype:
-            raise BundleError(f"{source}: tensor '{name}' has dtype {t.dtype}, expected {ref.dtype}")
+    check_layout(expected, got, arch, source)
     for name, t in got.items():
         if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
             bad = int((~torch.isfinite(t)).sum())
             raise BundleError(f"{source}: tensor '{name}' contains {bad} non-finite value(s) (NaN or inf)")
+
+
+def check_layout(expected: Mapping[str, torch.Tensor], got: Mapping[str, torch.Tensor], arch: str,
+                 source: str) -> None:
+    """Names, shapes and dtypes of ``got`` must equal ``expected`` (meta tensors will do)."""
+    for name, ref in expected.items():
+        if name not in got:
+            raise BundleError(f"{source}: weights lack tensor {quoted(name)} {_shape(ref)} that arch '{arch}' needs")
+    for name in got:
+        if name not in expected:
+            raise BundleError(f"{source}: weights hold tensor {quoted(name)} that arch '{arch}' does not have")
+    for name, ref in expected.items():
+        t = got[name]
+        if tuple(t.shape) != tuple(ref.shape):
+            raise BundleError(
+                f"{source}: tensor {quoted(name)} has shape {_shape(t)}, expected {_shape(ref)} for arch '{arch}'"
+            )
+        if t.dtype != ref.dtype:
+            raise BundleError(f"{source}: tensor {quoted(name)} has dtype {t.dtype}, expected {ref.dtype}")
 
 
 def _build_program(program: Mapping[str, Any] | None, tensors: Mapping[str, torch.Tensor], source: str) -> nn.Module:
@@ -120,6 +138,9 @@ def assemble_expert(card: ExpertCard, tensors: Mapping[str, torch.Tensor], sourc
     if card.arch == PROGRAM_ARCH:
         net = _build_program(program, tensors, source)
     else:
+        # The card's arch_kwargs size the network: compare it with the tensors present on the meta
+        # device (no memory) before building it, so a card cannot ask for more than its weights hold.
+        check_layout(_meta_state(card, source), tensors, card.arch, source)
         net = _build_net(card, source)
         check_tensors(net.state_dict(), tensors, card.arch, source)
         net.load_state_dict(dict(tensors), strict=True)
@@ -129,13 +150,17 @@ def assemble_expert(card: ExpertCard, tensors: Mapping[str, torch.Tensor], sourc
         raise BundleError(f"{source}: card input_shape has C={channels} but arch_kwargs.in_channels={in_channels}")
     net.eval()
     # One dummy forward pass proves the card's input shape fits the network and tells the head size.
+    probe = torch.stack([torch.zeros(card.input_shape), torch.rand(card.input_shape, generator=torch.Generator().manual_seed(0))])
     try:
         with torch.no_grad():
-            out = net(torch.zeros(1, *card.input_shape), task_id=card.task_id)
+            out = net(probe, task_id=card.task_id)
     except Exception as exc:  # noqa: BLE001  any failure here means card and network disagree
         raise BundleError(
             f"{source}: arch '{card.arch}' cannot run on input_shape {list(card.input_shape)}: {_first_line(exc)}"
         ) from None
+    if out.ndim == 2 and not bool(torch.isfinite(out).all()):
+        raise BundleError(f"{source}: the network's outputs are not finite (NaN or inf) on a test input; "
+                          f"its weights are unusable")
     if out.ndim != 2 or out.shape[1] != len(card.class_ids):
         raise BundleError(
             f"{source}: the network's head has {out.shape[-1]} outputs but card class_ids lists "
@@ -175,9 +200,15 @@ def _explain_not_bundle(path: Path) -> BundleError:
 
 def _bundle_dir(path: str | os.PathLike) -> Path:
     path = Path(path)
-    if not (path.is_dir() and all((path / f).is_file() for f in BUNDLE_FILES)):
-        raise _explain_not_bundle(path)
-    return path
+    for _ in range(100):
+        if path.is_dir() and all((path / f).is_file() for f in BUNDLE_FILES):
+            return path
+        # where directories cannot be exchanged in one step, a writer renames the old one aside
+        # (".NAME.xxxxxxxx.old") just before it renames the new one in: wait for it
+        if not any(path.parent.glob(f".{glob.escape(path.name)}.*.old")):
+            break
+        time.sleep(0.01)
+    raise _explain_not_bundle(path)
 
 
 def load_card(path: str | os.PathLike) -> ExpertCard:
@@ -209,25 +240,97 @@ def _count_tensors(raw: bytes) -> int | None:
         return None
 
 
-def _read_bundle(path: str | os.PathLike) -> tuple[Path, ExpertCard, bytes, bytes | None]:
-    directory = _bundle_dir(path)
-    card = ExpertCard.from_json_file(directory / CARD_FILE)
+_READ_TRIES = 20
+
+
+class _Bundle(NamedTuple):
+    directory: Path
+    card: ExpertCard
+    weights: bytes
+    program: bytes | None
+    card_bytes: int
+    weights_error: BundleError | None = None  # the weights file's header does not fit the card: data not read
+
+
+def _read_bundle(path: str | os.PathLike) -> _Bundle:
+    """The card, weights and program of one bundle, all read from the same directory.
+
+    The directory is opened once and its members are read through that descriptor, so a writer
+    that swaps a new bundle in meanwhile (:func:`~exmodel.fileio.atomic_replace_dir`) cannot mix
+    old and new files. If it deletes the old one before everything was read, the read starts over
+    on the new one."""
+    for attempt in range(_READ_TRIES):
+        directory = _bundle_dir(path)
+        try:
+            fd = open_dir(directory)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise BundleError(f"{directory}: cannot open ({exc.strerror})") from None
+        try:
+            return _read_members(directory, fd)
+        except FileNotFoundError:
+            if not _replaced(directory, fd):
+                raise BundleError(f"{directory}: not an exmodel bundle, a file is missing") from None
+            time.sleep(0.002 * attempt)  # a writer swapped a new bundle in: read that one
+        finally:
+            os.close(fd)
+    raise BundleError(f"{path}: replaced by other writers {_READ_TRIES} times while being read; try again")
+
+
+def _replaced(directory: Path, fd: int) -> bool:
+    """Whether the directory read through ``fd`` was deleted or is no longer the one at ``directory``."""
+    st = os.fstat(fd)
     try:
-        raw = (directory / WEIGHTS_FILE).read_bytes()
+        now = os.stat(directory)
+    except FileNotFoundError:
+        return True
+    return st.st_nlink == 0 or (st.st_dev, st.st_ino) != (now.st_dev, now.st_ino)
+
+
+def _member(fd: int, name: str, limit: int, directory: Path) -> bytes:
+    try:
+        return read_bounded(name, limit, name, dir_fd=fd)
+    except FileNotFoundError:
+        raise
     except OSError as exc:
-        raise BundleError(f"{directory}: cannot read {WEIGHTS_FILE} ({exc.strerror})") from None
+        raise BundleError(f"{directory}: cannot read {name} ({exc.strerror})") from None
+
+
+def _read_members(directory: Path, fd: int) -> _Bundle:
+    card_raw = _member(fd, CARD_FILE, limits.max_text_bytes(), directory)
+    card = ExpertCard.from_json_bytes(card_raw, str(directory / CARD_FILE))
+    raw, weights_error = _weights_member(fd, card, directory)
     program = None
     if card.arch == PROGRAM_ARCH:
-        file = directory / PROGRAM_FILE
         try:
-            if file.stat().st_size > MAX_PROGRAM_BYTES:
-                raise BundleError(f"{directory}: {PROGRAM_FILE} is larger than {MAX_PROGRAM_BYTES >> 20} MiB")
-            program = file.read_bytes()
+            program = _member(fd, PROGRAM_FILE, MAX_PROGRAM_BYTES, directory)
         except FileNotFoundError:
+            if _replaced(directory, fd):
+                raise
             raise BundleError(f"{directory}: card arch '{PROGRAM_ARCH}' needs {PROGRAM_FILE}, which is missing") from None
-        except OSError as exc:
-            raise BundleError(f"{directory}: cannot read {PROGRAM_FILE} ({exc.strerror})") from None
-    return directory, card, raw, program
+    return _Bundle(directory, card, raw, program, len(card_raw), weights_error)
+
+
+def _weights_member(fd: int, card: ExpertCard, directory: Path) -> tuple[bytes, BundleError | None]:
+    """The weights file, read header first: if the tensors it describes cannot be the card's
+    network, the data is not read (the header and the error are returned instead)."""
+    source = f"bundle {directory}"
+    try:
+        prefix, fh, header = read_weights(WEIGHTS_FILE, fd, limits.max_weights_bytes(), source)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise BundleError(f"{directory}: cannot read {WEIGHTS_FILE} ({exc.strerror})") from None
+    except BundleError as exc:
+        return b"", exc
+    try:
+        if card.arch != PROGRAM_ARCH:
+            check_layout(_meta_state(card, source), header_tensors(header), card.arch, source)
+    except BundleError as exc:
+        fh.close()
+        return prefix, exc
+    return read_data(fh, prefix, source, WEIGHTS_FILE), None
 
 
 def _check_hash(raw: bytes, recorded: str, file: str, source: str) -> None:
@@ -252,8 +355,10 @@ def _parse_program(raw: bytes, source: str) -> dict[str, Any]:
 
 
 def _verify(directory: Path, card: ExpertCard, raw: bytes, map_location: str | torch.device,
-            program_raw: bytes | None = None) -> Expert:
+            program_raw: bytes | None = None, weights_error: BundleError | None = None) -> Expert:
     source = f"bundle {directory}"
+    if weights_error is not None:
+        raise weights_error
     tensors = _parse_weights(raw, source)
     _check_hash(raw, card.weights_sha256, WEIGHTS_FILE, source)
     program = None
@@ -265,8 +370,8 @@ def _verify(directory: Path, card: ExpertCard, raw: bytes, map_location: str | t
 
 def load_bundle(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Expert:
     """Load and fully verify a bundle directory; returns an :class:`Expert` in eval mode."""
-    directory, card, raw, program = _read_bundle(path)
-    return _verify(directory, card, raw, map_location, program)
+    directory, card, raw, program, _, weights_error = _read_bundle(path)
+    return _verify(directory, card, raw, map_location, program, weights_error)
 
 
 def inspect_bundle(path: str | os.PathLike) -> dict[str, Any]:
@@ -275,14 +380,15 @@ def inspect_bundle(path: str | os.PathLike) -> dict[str, Any]:
     Raises only when the path is not a bundle or its card is unreadable; a weights problem is
     reported under ``verification_error`` with ``verified = False``.
     """
-    directory, card, raw, program = _read_bundle(path)
+    directory, card, raw, program, card_bytes, weights_error = _read_bundle(path)
     info: dict[str, Any] = card.model_dump(mode="json")
     info["path"] = str(directory)
-    info["file_sizes"] = {name: (directory / name).stat().st_size for name in ALL_FILES if (directory / name).is_file()}
+    info["file_sizes"] = {WEIGHTS_FILE: len(raw), CARD_FILE: card_bytes,
+                          **({PROGRAM_FILE: len(program)} if program is not None else {})}
     info["num_tensors"] = _count_tensors(raw)
     info["num_parameters"] = None
     try:
-        expert = _verify(directory, card, raw, "cpu", program)
+        expert = _verify(directory, card, raw, "cpu", program, weights_error)
     except BundleError as exc:
         info["verified"] = False
         info["verification_error"] = str(exc)

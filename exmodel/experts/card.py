@@ -30,7 +30,12 @@ from pydantic import (
 )
 
 import exmodel
+from exmodel import limits
 from exmodel.errors import BundleError
+from exmodel.fileio import read_bounded
+from exmodel.text import unsafe_characters
+
+MAX_NAME_LENGTH = 200  # card name, arch, scenario and each class name
 
 CARD_FORMAT_VERSION = 1
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
@@ -154,6 +159,7 @@ class ExpertCard(BaseModel):
             raise ValueError("name must not be empty")
         if not self.arch.strip():
             raise ValueError("arch must not be empty")
+        self._check_text()
         self._check_classes()
         self._check_shape_and_kwargs()
         if self.test_accuracy is not None and not 0.0 <= self.test_accuracy <= 1.0:
@@ -167,8 +173,21 @@ class ExpertCard(BaseModel):
             raise ValueError(f"created={self.created!r} is not an ISO 8601 time") from None
         return self
 
+    def _check_text(self) -> None:
+        """Names are shown on terminals and used in file names: printable, and of a sane length."""
+        fields = [("name", self.name), ("arch", self.arch), ("scenario", self.scenario or "")]
+        fields += [(f"class_names[{i}]", n) for i, n in enumerate(self.class_names)]
+        for key, text in fields:
+            if bad := unsafe_characters(text):
+                raise ValueError(f"{key} holds control or text-direction characters ({', '.join(dict.fromkeys(bad))}); "
+                                 f"names must be printable text")
+            if len(text) > MAX_NAME_LENGTH:
+                raise ValueError(f"{key} is {len(text)} characters long, more than {MAX_NAME_LENGTH}")
+
     def _check_classes(self) -> None:
         n = self.num_global_classes
+        if n > (cap := limits.max_classes()):
+            raise ValueError(f"num_global_classes={n} is more than the {cap} allowed (EXMODEL_MAX_CLASSES)")
         if not self.class_ids:
             raise ValueError("class_ids must not be empty")
         seen: set[int] = set()
@@ -194,6 +213,9 @@ class ExpertCard(BaseModel):
         c, h, w = self.input_shape
         if min(self.input_shape) <= 0:
             raise ValueError(f"input_shape={list(self.input_shape)} must be positive (C, H, W)")
+        if c * h * w > (cap := limits.max_input_values()):
+            raise ValueError(f"input_shape={list(self.input_shape)} has {c * h * w} values, more than the {cap} "
+                             f"allowed (EXMODEL_MAX_INPUT_VALUES)")
         if len(self.normalization.mean) != c:
             raise ValueError(
                 f"normalization has {len(self.normalization.mean)} channels but input_shape has C={c}"
@@ -255,19 +277,25 @@ class ExpertCard(BaseModel):
             raise BundleError(
                 f"{source}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
             ) from None
+        except RecursionError:
+            raise BundleError(f"{source}: JSON nested too deeply") from None
         return cls.from_dict(data, source)
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> "ExpertCard":
         path = Path(path)
         try:
-            raw = path.read_bytes()
+            raw = read_bounded(path, limits.max_text_bytes(), "the card")
         except FileNotFoundError:
             raise BundleError(f"{path}: card file not found") from None
         except OSError as exc:
             raise BundleError(f"{path}: cannot read card ({exc.strerror})") from None
+        return cls.from_json_bytes(raw, str(path))
+
+    @classmethod
+    def from_json_bytes(cls, raw: bytes, source: str = "card.json") -> "ExpertCard":
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
-            raise BundleError(f"{path}: not valid JSON (the file is not UTF-8 text)") from None
-        return cls.from_json(text, str(path))
+            raise BundleError(f"{source}: not valid JSON (the file is not UTF-8 text)") from None
+        return cls.from_json(text, source)

@@ -19,6 +19,7 @@ that whoever receives the bundle needs no code.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -216,5 +217,9 @@ def _load_pickled(path: Path, source: str, allow_pickle: bool) -> dict[str, torc
         obj = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as exc:  # noqa: BLE001  UnpicklingError (refused object), corrupt zip, EOF, ...
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if "Weights only load failed" in first:  # torch goes on to suggest weights_only=False: never do that
+            refused = re.search(r"(?:unsupported|Unsupported global:) GLOBAL ([\w.]+)", str(exc))
+            first = f"it holds {refused.group(1) if refused else 'an object'} beside tensors, refused; re-save the " \
+                    f"state dict alone, or as safetensors"
         raise BundleError(f"{source}: cannot be read as a weights-only PyTorch checkpoint ({first})") from None
     return _clean(_unwrap(obj, source), source)

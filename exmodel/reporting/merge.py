@@ -27,8 +27,10 @@ from typing import Any
 import numpy as np
 from rich.table import Table
 
-from exmodel.reporting.aggregate import MATRICES
+from exmodel import limits
 from exmodel.errors import ExmodelError
+from exmodel.fileio import read_bounded
+from exmodel.reporting.aggregate import MATRICES
 from exmodel.reporting.tables import (
     MISSING,
     STAT_METRICS,
@@ -36,6 +38,7 @@ from exmodel.reporting.tables import (
     markdown_table,
     render_markdown,
 )
+from exmodel.text import SafeTable
 
 RESULTS_FILE = "results.json"
 MATRIX_KEYS: tuple[str, ...] = MATRICES
@@ -55,11 +58,15 @@ def load_results(run_dir: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise ExmodelError(f"{path}: not found; expected the {RESULTS_FILE} of a finished run")
     try:
-        results = json.loads(path.read_text(encoding="utf-8"))
+        results = json.loads(read_bounded(path, limits.max_text_bytes(), "the results file").decode("utf-8"))
     except json.JSONDecodeError as exc:
         raise ExmodelError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ExmodelError(f"{path}: cannot be read as UTF-8 text ({exc})") from None
+    except RecursionError:
+        raise ExmodelError(f"{path}: JSON nested too deeply") from None
+    except UnicodeDecodeError:
+        raise ExmodelError(f"{path}: not UTF-8 text") from None
+    except OSError as exc:
+        raise ExmodelError(f"{path}: cannot read ({exc.strerror})") from None
     validate_results(results, str(path))
     return results
 
@@ -331,7 +338,7 @@ def combined_markdown(results_list: Sequence[Mapping[str, Any]]) -> str:
 def combined_rich_table(results_list: Sequence[Mapping[str, Any]]) -> Table:
     """The one-column-per-scenario stream accuracy table, for the terminal."""
     header, rows = combined_cells(results_list)
-    table = Table(title="Stream accuracy (%) per scenario")
+    table = SafeTable(title="Stream accuracy (%) per scenario")
     for i, name in enumerate(header):
         table.add_column(name, justify="left" if i == 0 else "right")
     for row in rows:

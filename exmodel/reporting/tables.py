@@ -22,6 +22,7 @@ from typing import Any
 from rich.table import Table
 
 from exmodel.fileio import atomic_write_text
+from exmodel.text import SafeTable
 
 MISSING = "–"  # en dash, shown wherever a value does not apply or was not measured
 
@@ -172,7 +173,7 @@ def rich_table(results: Mapping[str, Any], compact: bool = False) -> Table:
     """The same content as :func:`markdown_table`, for printing with ``rich`` (``compact``: fewer columns)."""
     header, rows = table_cells(results)
     keep = [i for i, h in enumerate(header) if not (compact and h in TERMINAL_DROPS)]
-    table = Table(title=title_line(results), caption=experts_line(results))
+    table = SafeTable(title=title_line(results), caption=experts_line(results))
     for i in keep:
         table.add_column(header[i], justify="left" if i == 0 else "right")
     for row in rows:

@@ -38,6 +38,8 @@ def bn_layers_of(expert: Expert) -> list[tuple[str, _BatchNorm]]:
 class BorrowedStatistics(nn.Module):
     """The network of ``expert`` whose ``bn_layers()`` are those of ``references``; see the module docstring."""
 
+    borrowed = True  # the generator matches these statistics class by class (GenerativeParams.bn_groups)
+
     def __init__(self, expert: Expert, references: Sequence[Expert]) -> None:
         super().__init__()
         self.inner = expert.net

@@ -107,6 +107,10 @@ class GenerativeParams(PriorParams):
                                                   "normalization, i.e. its training data's pixel statistics)")
     w_act: float = Field(0.1, ge=0, description="bn_free prior: weight of DAFL's activation loss, "
                                                 "−mean |penultimate features|")
+    bn_groups: Literal["auto", "batch", "class"] = Field(
+        "auto", description="BN statistics matched by the whole batch or by each class on its own; 'auto': per "
+                            "class for statistics borrowed from peers (synthesis/borrowed.py), whose data had "
+                            "other classes, per batch for the expert's own")
 
 
 def bn_free_terms(p: GenerativeParams, xn: torch.Tensor, features: torch.Tensor) -> torch.Tensor | float:
@@ -146,10 +150,12 @@ class GenerativeInversion(KnowledgeSource):
             use_bn = prior == "bn" and p.w_bn > 0 and len(rec) > 0
             bn_free = prior == "bn_free"
             rec.enabled = use_bn
+            per_class = p.bn_groups == "class" or (p.bn_groups == "auto" and getattr(expert.net, "borrowed", False))
             gen.train()
             for _ in range(p.steps):
                 k = balanced_labels(range(len(chosen)), p.batch_size, generator).to(device)
                 z = torch.randn(p.batch_size, p.z_dim, generator=generator).to(device)
+                rec.groups = k if per_class else None
                 x01 = gen(z, k)
                 xn = (x01 - mean) / std
                 feats, logits = features_and_logits(expert.net, aug(xn), expert.card.task_id)

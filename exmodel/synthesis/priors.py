@@ -126,12 +126,17 @@ class BNStatsRecorder:
     Only the latest forward pass is kept. Set ``rec.enabled = False`` to run forward passes that
     must not overwrite the recorded statistics (e.g. a confidence check). Layers without running
     statistics (``track_running_stats=False``) are skipped.
+
+    With ``rec.groups`` set to a (B,) tensor of group ids (e.g. the classes of the batch), the
+    moments are taken within each group and :meth:`loss` is the mean of the groups' BN terms: every
+    class on its own must look like the recorded data, not only the batch as a whole.
     """
 
     def __init__(self, model: nn.Module) -> None:
         self.layers = [m for m in batchnorm_layers(model) if m.running_mean is not None]
         self.enabled = True
-        self._moments: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.groups: torch.Tensor | None = None
+        self._moments: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def __len__(self) -> int:
@@ -140,7 +145,11 @@ class BNStatsRecorder:
     def _hook(self, index: int):
         def record(_module: nn.Module, inputs: tuple[torch.Tensor, ...], _output: torch.Tensor) -> None:
             if self.enabled:
-                self._moments[index] = batch_moments(inputs[0])
+                x = inputs[0]
+                if self.groups is None:
+                    self._moments[index] = [batch_moments(x)]
+                else:
+                    self._moments[index] = [batch_moments(x[self.groups == g]) for g in self.groups.unique()]
         return record
 
     def __enter__(self) -> "BNStatsRecorder":
@@ -159,18 +168,26 @@ class BNStatsRecorder:
     def clear(self) -> None:
         self._moments = {}
 
+    def group_stats(self) -> list[list[BNStat]]:
+        """For each group (one without ``groups``), ``(mean_syn, var_syn, running_mean, running_var)``
+        for each layer seen in the last pass."""
+        seen = [(i, layer) for i, layer in enumerate(self.layers) if i in self._moments]
+        n_groups = len(self._moments[seen[0][0]]) if seen else 0
+        return [[(*self._moments[i][g], layer.running_mean, layer.running_var) for i, layer in seen]
+                for g in range(n_groups)]  # type: ignore[misc]
+
     @property
     def stats(self) -> list[BNStat]:
-        """``(mean_syn, var_syn, running_mean, running_var)`` for each layer seen in the last pass."""
-        out = []
-        for i, layer in enumerate(self.layers):
-            if i in self._moments:
-                mean, var = self._moments[i]
-                out.append((mean, var, layer.running_mean, layer.running_var))
-        return out  # type: ignore[return-value]
+        """``(mean_syn, var_syn, running_mean, running_var)`` for each layer seen in the last pass
+        (of the first group when ``groups`` is set)."""
+        groups = self.group_stats()
+        return groups[0] if groups else []
 
     def loss(self, first_weight: float = 1.0) -> torch.Tensor:
-        return bn_statistics_loss(self.stats, first_weight)
+        groups = self.group_stats()
+        if not groups:
+            return torch.zeros(())
+        return torch.stack([bn_statistics_loss(g, first_weight) for g in groups]).mean()
 
 
 def diversity_loss(features: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
