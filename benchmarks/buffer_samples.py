@@ -24,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--preset", choices=("paper", "default"), default="default")
     ap.add_argument("--per-class", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=None,
+                    help="cap the optimisation steps of the sources that optimise (a quick look; default: the preset's)")
     args = ap.parse_args(argv)
 
     import torch
@@ -33,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     from exmodel.reporting.samples import plot_sample_grids
     from exmodel.runner import experts_for
     from exmodel.strategies import strategy_class
-    from exmodel.synthesis import build_source
+    from exmodel.synthesis import build_source, source_class
 
     cfg = load_config(args.config)
     resolved = resolve_data_dir(args.data_dir)
@@ -44,8 +46,11 @@ def main(argv: list[str] | None = None) -> int:
         name = f"{short}_ed" + ("_paper" if args.preset == "paper" else "")
         cls = strategy_class(name)
         params = cls.Params()
-        source = build_source(params.source or cls.source_name, params.source_params,
-                              data_dir=str(resolved) if resolved else None)
+        source_name = params.source or cls.source_name
+        source_params = dict(params.source_params)
+        if args.steps is not None and "steps" in source_class(source_name).Params.model_fields:
+            source_params["steps"] = args.steps
+        source = build_source(source_name, source_params, data_dir=str(resolved) if resolved else None)
         xs, ys = [], []
         for exp, expert in zip(stream, experts):
             n = args.per_class * len(exp.classes)

@@ -70,7 +70,8 @@ def run_cell(cfg: RunConfig, strategy_name: str, stream: Stream, experts: list, 
     task = progress.add(f"{strategy_name} seed {seed}", total=T) if progress else None
     with PeakMemory() as mem:
         for exp, expert in zip(stream, experts):
-            data = exp.train if strategy.uses_data else None  # ex-model strategies never see data
+            data = exp.train if "data" in strategy.consumes else None  # ex-model strategies never see data
+            expert = expert if "expert" in strategy.consumes else None
             with clock:
                 strategy.observe(Step(exp.index, exp.task_id, exp.classes), expert, data, progress=progress)
             step_bytes.append(state_bytes(strategy.state()))
@@ -176,10 +177,16 @@ def run_experiment(cfg: RunConfig, out: Path, *, data_dir=None, cache_dir: Path 
     cells: dict[str, dict[int, dict]] = {s.name: {} for s in cfg.strategies}
     expert_acc: dict[int, list[float]] = {}
     stream = None
+    needs_experts = any("expert" in strategy_class(s.strategy_type).consumes for s in cfg.strategies)
     for seed in cfg.seeds:
-        stream, experts, root = experts_for(cfg, data, source, seed, cache_dir, progress=progress, log=log)
-        expert_acc[seed] = [e.card.test_accuracy for e in experts]
-        log("experts_ready", seed=seed, path=str(root), own_class_accuracy=expert_acc[seed])
+        if needs_experts:
+            stream, experts, root = experts_for(cfg, data, source, seed, cache_dir, progress=progress, log=log)
+            expert_acc[seed] = [e.card.test_accuracy for e in experts]
+            log("experts_ready", seed=seed, path=str(root), own_class_accuracy=expert_acc[seed])
+        else:
+            stream = stream_for(cfg, data, seed)
+            experts = [None] * len(stream)
+            log("experts_skipped", seed=seed, reason="no strategy of the run consumes experts")
         for s in cfg.strategies:
             path = out / "cells" / s.name / f"seed-{seed}.json"
             if path.exists():

@@ -55,7 +55,7 @@ def test_ed_benchmark_runs_a_subset_and_rejects_unknown_names(tmp_path, capsys):
 def test_buffer_samples_figure(tmp_path):
     out = tmp_path / "samples.png"
     mod = load_script("buffer_samples")  # a few images per class from every source
-    assert mod.main(["--config", str(tiny_config(tmp_path)), "--out", str(out), "--per-class", "2"]) == 0
+    assert mod.main(["--config", str(tiny_config(tmp_path)), "--out", str(out), "--per-class", "2", "--steps", "2"]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

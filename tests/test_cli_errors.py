@@ -228,6 +228,7 @@ def test_report_of_a_folder_without_results(capsys: pytest.CaptureFixture[str], 
 
 
 # ----------------------------------------------------------------------------------------- real process
+@pytest.mark.slow
 def test_real_process_exit_status_and_stderr(tmp_path: Path) -> None:
     config = write_config(tmp_path / "bad.yaml", {**TINY_CONFIG, "scenario": {"n_experience": 5}})
     out = tmp_path / "out"

@@ -160,6 +160,7 @@ def _kill(proc: subprocess.Popen) -> None:
     proc.stderr.close()
 
 
+@pytest.mark.slow
 def test_resume_after_kill_between_cells(reference: Path, tiny_config: Path, session_cache: Path,
                                          tmp_path: Path) -> None:
     out = tmp_path / "run"
@@ -190,6 +191,7 @@ def test_resume_after_kill_between_cells(reference: Path, tiny_config: Path, ses
     assert not _leftover_tmp(out)
 
 
+@pytest.mark.slow
 def test_resume_after_kill_during_expert_training(tmp_path: Path) -> None:
     # Two experiences of 5 classes, 30 epochs: about a second per expert, so the kill lands while
     # the second expert trains (the first is on disk, the second is not).

@@ -27,8 +27,8 @@ def run(cfg, name):
 def test_every_source_has_paper_and_default_preset():
     for short in ("mi", "di", "aux", "replay", "noise"):
         assert f"{short}_ed" in list_strategies() and f"{short}_ed_paper" in list_strategies()
-    assert strategy_class("replay_ed").ex_model is False and strategy_class("replay_ed").uses_data is True
-    assert strategy_class("mi_ed").ex_model is True and strategy_class("mi_ed").uses_data is False
+    assert strategy_class("replay_ed").ex_model is False and strategy_class("replay_ed").consumes == {"expert", "data"}
+    assert strategy_class("mi_ed").ex_model is True and strategy_class("mi_ed").consumes == {"expert"}
 
 
 def test_state_does_not_grow_over_ten_experts():
@@ -47,6 +47,7 @@ def build_lenet_bn():
     return build_model("lenet_bn")
 
 
+@pytest.mark.slow
 def test_replay_ed_learns_the_stream_and_beats_noise():
     params = {"buffer_size": 300, "iterations": 150, "batch_size": 64}
     cfg = cfg_for([{"name": "replay_ed", "params": params}, {"name": "noise_ed", "params": params}])
@@ -55,6 +56,7 @@ def test_replay_ed_learns_the_stream_and_beats_noise():
     assert replay["stream_accuracy"] > noise["stream_accuracy"] + 0.3
 
 
+@pytest.mark.slow
 def test_replay_ed_learns_with_mixup_ema_and_cosine_schedule():
     params = {"buffer_size": 300, "iterations": 150, "batch_size": 64, "mixup": 0.4, "ema": 0.95,
               "lr_schedule": "cosine"}

@@ -312,7 +312,10 @@ def test_model_signature_lists_defaults() -> None:
 
 
 def test_registering_a_new_architecture(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    copy = registry.Registry("architecture")
+    for name in registry._REGISTRY:
+        copy.add(name, registry._REGISTRY.get(name))
+    monkeypatch.setattr(registry, "_REGISTRY", copy)
 
     class Tiny(ExModelNet):
         _feature_layer_names = ("body",)

@@ -97,6 +97,7 @@ def cheap_overrides(config: Path) -> list[str]:
     return [arg for kv in sets for arg in ("--set", kv)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(PAPER_CONFIGS))
 def test_paper_config_runs_end_to_end(name: str, data_dir: Path, tmp_path: Path) -> None:
     config = CONFIGS / f"{name}.yaml"

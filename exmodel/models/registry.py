@@ -24,11 +24,12 @@ from typing import Any, Callable, TypeVar
 
 from exmodel.errors import ConfigError
 from exmodel.models.base import NORM_SWAPS, ExModelNet, replace_batchnorm
+from exmodel.registry import Registry
 
 # Keyword arguments every factory must accept.
 COMMON_KWARGS = ("num_classes", "in_channels", "input_size", "heads")
 
-_REGISTRY: dict[str, Callable[..., ExModelNet]] = {}
+_REGISTRY: Registry[Callable[..., ExModelNet]] = Registry("architecture")
 
 F = TypeVar("F", bound=Callable[..., ExModelNet])
 
@@ -45,7 +46,7 @@ def register_model(name: str) -> Callable[[F], F]:
 
     def decorator(factory: F) -> F:
         if name in _REGISTRY:
-            raise ValueError(f"model architecture {name!r} is already registered")
+            raise ValueError(f"architecture {name!r} is already registered")
         params = inspect.signature(factory).parameters
         missing = [k for k in COMMON_KWARGS if k not in params]
         no_default = [k for k, p in params.items() if p.default is inspect.Parameter.empty]
@@ -71,7 +72,7 @@ def register_model(name: str) -> Callable[[F], F]:
             model.arch_kwargs = {**recorded, "norm": norm}
             return model
 
-        _REGISTRY[name] = build
+        _REGISTRY.add(name, build)
         return build  # type: ignore[return-value]
 
     return decorator
@@ -79,16 +80,11 @@ def register_model(name: str) -> Callable[[F], F]:
 
 def list_models() -> list[str]:
     """Names of all registered architectures, sorted."""
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def _factory(name: str) -> Callable[..., ExModelNet]:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ConfigError(
-            f"unknown architecture '{name}'; available: {', '.join(list_models())}"
-        ) from None
+    return _REGISTRY.get(name)
 
 
 def model_signature(name: str) -> dict[str, Any]:

@@ -52,7 +52,7 @@ def aggregate(cfg, stream, cells: dict[str, dict[int, dict]], expert_acc: dict[i
         entry["per_class_accuracy"] = np.nanmean(np.array([r["per_class_accuracy"] for r in recs], dtype=float), axis=0)
         entry["confusion_matrix"] = np.sum([r["confusion_matrix"] for r in recs], axis=0)
         strategies[name] = entry
-    per_seed_experts = [expert_acc[s] for s in seeds]
+    per_seed_experts = [expert_acc[s] for s in seeds if s in expert_acc]  # none when no strategy used experts
     results = {
         "name": cfg.name,
         "scenario": f"{cfg.scenario.dataset}_{cfg.scenario.kind}",
@@ -63,7 +63,7 @@ def aggregate(cfg, stream, cells: dict[str, dict[int, dict]], expert_acc: dict[i
         "num_experiences": len(stream) if stream is not None else 0,
         "experts": {"own_class_accuracy": _stat([float(np.mean(a)) for a in per_seed_experts]),
                     "min_own_class_accuracy": float(np.min(per_seed_experts)),
-                    "per_seed": per_seed_experts},
+                    "per_seed": per_seed_experts} if per_seed_experts else None,
         "strategies": strategies,
         "reference": {k: v.model_dump() for k, v in cfg.reference.items()},
     }

@@ -116,7 +116,9 @@ def title_line(results: Mapping[str, Any]) -> str:
 
 def experts_line(results: Mapping[str, Any]) -> str:
     """``Experts' accuracy on their own classes: 99.12 ± 0.10``."""
-    experts = results.get("experts") or {}
+    experts = results.get("experts")
+    if not experts:
+        return "No experts: no strategy of the run consumes them"
     return f"Experts' accuracy on their own classes: {format_stat(experts.get('own_class_accuracy'))}"
 
 

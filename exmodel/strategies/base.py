@@ -1,8 +1,10 @@
 """What a strategy is.
 
-A strategy sees the stream one step at a time. At step i it receives the i-th expert and, only if it
-declares ``uses_data`` (the reference strategies: joint, finetune), the experience's training data.
-Ex-model strategies get ``data=None``: the runner never hands them data. After each step the runner
+A strategy sees the stream one step at a time. It declares what it consumes (``consumes``, a set of
+:data:`INPUTS`): ``"expert"``, the step's trained expert; ``"data"``, the experience's training data.
+The runner provides exactly that and ``None`` for the rest, and it trains (or loads) the stream of
+experts only when some strategy of the run consumes them. Ex-model strategies consume experts only:
+the runner never hands them data. After each step the runner
 evaluates ``predict``. What the strategy keeps between steps is whatever :meth:`state` returns; the
 runner measures its bytes (the paper's point: an ex-model learner's state must not grow with the stream).
 
@@ -20,9 +22,9 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from exmodel.data.types import ImageDataset
-from exmodel.errors import ConfigError
 from exmodel.experts.expert import Expert
 from exmodel.params import validate_params
+from exmodel.registry import Registry
 
 
 class Params(BaseModel):
@@ -50,18 +52,31 @@ class Step:
     classes: tuple[int, ...]
 
 
+INPUTS = frozenset({"expert", "data"})
+
+
 class Strategy(ABC):
+    consumes: ClassVar[frozenset[str]] = frozenset({"expert"})  # a subset of INPUTS
     ex_model: ClassVar[bool] = True  # respects the ex-model constraints (no data, bounded state)
-    uses_data: ClassVar[bool] = False  # receives the experience's training data
     Params: ClassVar[type[Params]] = Params
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not cls.consumes <= INPUTS:
+            raise TypeError(f"{cls.__name__}.consumes lists {sorted(cls.consumes - INPUTS)}, not among {sorted(INPUTS)}")
+
+    @property
+    def uses_data(self) -> bool:
+        """Receives the experience's training data (the reference strategies: joint, finetune)."""
+        return "data" in self.consumes
 
     def __init__(self, info: StreamInfo, params: Params, seed: int, device: str = "cpu") -> None:
         self.info, self.params, self.seed, self.device = info, params, seed, device
         self.generator = torch.Generator().manual_seed(seed)
 
     @abstractmethod
-    def observe(self, step: Step, expert: Expert, data: ImageDataset | None, progress=None) -> None:
-        """Consume the step's expert (and data, for data-based strategies)."""
+    def observe(self, step: Step, expert: Expert | None, data: ImageDataset | None, progress=None) -> None:
+        """Consume the step's expert and/or data, as declared by ``consumes`` (``None`` otherwise)."""
 
     @abstractmethod
     def predict(self, x01: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
@@ -79,25 +94,22 @@ class Strategy(ABC):
         return scores.masked_fill(~mask[task_ids.cpu()].to(scores.device), float("-inf"))
 
 
-_REGISTRY: dict[str, type[Strategy]] = {}
+_REGISTRY: Registry[type[Strategy]] = Registry("strategy")
 
 
 def register_strategy(name: str):
     def deco(cls: type[Strategy]) -> type[Strategy]:
         cls.type_name = name
-        _REGISTRY[name] = cls
-        return cls
+        return _REGISTRY.add(name, cls)
     return deco
 
 
 def list_strategies() -> list[str]:
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def strategy_class(name: str) -> type[Strategy]:
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown strategy '{name}'; available: {', '.join(list_strategies())}")
-    return _REGISTRY[name]
+    return _REGISTRY.get(name)
 
 
 def build_strategy(name: str, params: dict, info: StreamInfo, seed: int, device: str = "cpu") -> Strategy:

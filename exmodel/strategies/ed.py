@@ -113,7 +113,9 @@ class ExModelDistillation(Strategy):
             preset = {}  # another source than the preset's: the preset's settings do not apply to it
         given = p.source_params if "source_params" in p.model_fields_set else {}
         self.source = build_source(source, {**preset, **given}, data_dir=self.info.data_dir)
-        self.ex_model, self.uses_data = self.source.ex_model, self.source.needs_data  # e.g. source: replay
+        # a config may give another source than the preset's (e.g. source: replay, which reads data)
+        self.ex_model = self.source.ex_model
+        self.consumes = frozenset({"expert", "data"} if self.source.needs_data else {"expert"})
         self.buffer = Buffer(p.buffer_size, quantize=p.quantize_buffer)
         self.model: Learner | None = None
         self.seen = torch.zeros(self.info.num_classes, dtype=torch.bool)
@@ -291,7 +293,8 @@ def _register_all() -> None:
             name = f"{short}_ed{suffix}"
             src = source_class(source)
             cls = type(name, (ExModelDistillation,), {
-                "source_name": source, "ex_model": src.ex_model, "uses_data": src.needs_data,
+                "source_name": source, "ex_model": src.ex_model,
+                "consumes": frozenset({"expert", "data"} if src.needs_data else {"expert"}),
                 "Params": _preset_params(name, presets[short]),
                 "__doc__": f"Ex-Model Distillation with the '{source}' knowledge source ({suffix[1:] or 'default'} settings).",
             })

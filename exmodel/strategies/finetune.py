@@ -26,7 +26,7 @@ class FinetuneParams(Params):
 @register_strategy("finetune")
 class Finetune(Strategy):
     ex_model = False
-    uses_data = True
+    consumes = frozenset({"data"})
     Params = FinetuneParams
 
     def __init__(self, *args, **kwargs) -> None:

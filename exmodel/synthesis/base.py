@@ -41,6 +41,7 @@ from exmodel.errors import ConfigError
 from exmodel.experts.expert import Expert
 from exmodel.params import validate_params
 from exmodel.progress import Progress
+from exmodel.registry import Registry
 
 
 class SourceParams(BaseModel):
@@ -87,28 +88,23 @@ class KnowledgeSource(ABC):
 
 
 # --------------------------------------------------------------------------------------- registry
-_REGISTRY: dict[str, type[KnowledgeSource]] = {}
+_REGISTRY: Registry[type[KnowledgeSource]] = Registry("knowledge source")
 
 
 def register_source(name: str):
     """Class decorator: make a :class:`KnowledgeSource` buildable by ``name``."""
     def deco(cls: type[KnowledgeSource]) -> type[KnowledgeSource]:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"knowledge source '{name}' is already registered")
         cls.name = name
-        _REGISTRY[name] = cls
-        return cls
+        return _REGISTRY.add(name, cls)
     return deco
 
 
 def list_sources() -> list[str]:
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def source_class(name: str) -> type[KnowledgeSource]:
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown knowledge source '{name}'; available: {', '.join(list_sources())}")
-    return _REGISTRY[name]
+    return _REGISTRY.get(name)
 
 
 def build_source(name: str, params: dict[str, Any] | None = None, *, data_dir: str | None = None) -> KnowledgeSource:

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from exmodel.logits import normalize_logits
+
 
 @dataclass
 class Guide:
@@ -39,9 +41,6 @@ def guided_cross_entropy(guide_logits: torch.Tensor, expert_logits: torch.Tensor
     ``expert_columns`` their units. The expert's logits are standardized over all its units; the
     combined row holds the guide's raw logits for ``old`` classes that are not the expert's, the
     expert's standardized values for ``classes``, and −inf elsewhere."""
-    # imported here: exmodel.strategies imports the synthesis package, which imports this module
-    from exmodel.strategies.ed_losses import normalize_logits
-
     if len(expert_columns) != len(classes):
         raise ValueError("guided_cross_entropy: one expert column per class")
     g, e = guide_logits, normalize_logits(expert_logits, "standardize")

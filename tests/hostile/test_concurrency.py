@@ -8,12 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import NOTES, count
 from helpers import TINY_CONFIG, cli, write_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 def test_two_writers_and_a_reader_never_see_half_a_bundle(tmp_path):
     out = tmp_path / "swap.json"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bundle_swap.py"), "--seconds", "3",
@@ -30,6 +32,7 @@ def test_two_writers_and_a_reader_never_see_half_a_bundle(tmp_path):
     count("concurrent writers", "complete every time")
 
 
+@pytest.mark.slow
 def test_a_damaged_cell_is_computed_again_on_resume(capsys, tmp_path):
     config = write_config(tmp_path / "c.yaml", {**TINY_CONFIG, "strategies": [{"name": "oracle"}]})
     run = tmp_path / "run"

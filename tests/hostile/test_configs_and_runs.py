@@ -168,3 +168,20 @@ def test_usage_errors_are_one_line(capsys):
         lines = err.splitlines()
         assert code == 2 and lines[-1].startswith("error: ") and len(lines) <= 2 and "Traceback" not in err, err
         count("usage errors")
+
+
+def test_full_disk_is_one_line_and_leaves_no_partial_file(capsys, tmp_path, bundle, monkeypatch):
+    import errno
+
+    import exmodel.fileio as fileio
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(fileio.os, "fsync", full)
+    out = tmp_path / "out"
+    out.mkdir()
+    refused(capsys, "path traversal and targets",
+            ["-q", "evaluate", bundle, "--dataset", "mnist", "--json", out / "r.json"],
+            f"error: {out / 'r.json'}: No space left on device", root=out)
+    assert list(out.iterdir()) == []  # the temporary file was removed, nothing half-written

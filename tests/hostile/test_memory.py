@@ -13,6 +13,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import NOTES, count, rewrite_card
 
@@ -44,6 +45,7 @@ def _bundle(root: Path, name: str, arch: str = "mlp", **kwargs) -> Path:
     return save_bundle((build_model(arch, **kw), card), root / name)
 
 
+@pytest.mark.slow
 def test_hostile_repros_stay_under_one_gib(tmp_path):
     cases: dict[str, list[str]] = {}
     b = _bundle(tmp_path, "classes_1e12", hidden=[4])
