@@ -119,7 +119,8 @@ _entry = st.fixed_dictionaries({"dtype": st.sampled_from(["F32", "F16", "I64", "
 _header = st.dictionaries(st.text(max_size=20), st.one_of(_entry, st.integers(), st.none()), max_size=5)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(header=_header, data=st.binary(max_size=64))
 def test_random_headers_are_refused_with_a_bundle_error(bundle, header, data):
     write_weights(bundle, _file(header, data))
@@ -129,7 +130,8 @@ def test_random_headers_are_refused_with_a_bundle_error(bundle, header, data):
     count("safetensors headers (Hypothesis)")
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=100, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(prefix=st.binary(min_size=0, max_size=40), cut=st.integers(min_value=0, max_value=64))
 def test_random_bytes_and_cuts_are_refused_with_a_bundle_error(bundle, prefix, cut):
     raw = _valid(bundle)
