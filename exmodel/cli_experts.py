@@ -143,7 +143,9 @@ def _consolidate_help() -> str:
     return ("Distil experts (bundles, in stream order) into one model of the chosen architecture, without their "
             f"data.\n\nArchitectures (--arch): {', '.join(list_models())}.\n\nKnowledge sources (--source): "
             f"{', '.join(SOURCES)} (inversion: our generator inversion, which matches BatchNorm statistics for "
-            "experts that have them and uses a prior that needs none for those that do not).\n\nBudget: "
+            "experts that have them and uses a prior that needs none for those that do not; pool: all experts "
+            "label one auxiliary pool, printed characters drawn on the fly by default (--set pool=NAME for "
+            "another), and each image is learnt from the expert most sure of it).\n\nBudget: "
             "--budget scales distillation iterations and generator steps together; --iterations and "
             "--generator-steps set them. After the run each expert's agreement with the result is printed; an "
             "expert below --min-agreement gets a warning, also recorded in the card.")
@@ -197,8 +199,10 @@ def consolidate(bundles: list[Path] = typer.Argument(..., help="Expert bundles, 
                                  borrow=borrow, progress=progress)
     training = result.card.training
     for row in training.get("agreement", []):
-        kind = "held-out synthetic" if row["held_out"] else "synthetic (distilled on)"
-        out_console.print(f"  {row['expert']}: classes {row['classes']}, agreement {100 * row['agreement']:.1f} % "
+        what = row.get("kind", "synthetic")
+        kind = f"held-out {what}" if row["held_out"] else f"{what} (distilled on)"
+        score = "n/a" if row["agreement"] is None else f"{100 * row['agreement']:.1f} %"
+        out_console.print(f"  {row['expert']}: classes {row['classes']}, agreement {score} "
                           f"on {row['samples']} {kind} samples", markup=False, highlight=False)
     for line in training.get("warnings", []):
         print(f"warning: {printable(line, one_line=True)}", file=sys.stderr)

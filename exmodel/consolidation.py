@@ -37,8 +37,9 @@ from exmodel.experts.expert import Expert
 from exmodel.strategies import Step, StreamInfo, build_strategy
 from exmodel.synthesis.borrowed import borrow_statistics
 
-# --source on the command line -> the ED strategy (our defaults) that uses it
-SOURCES = {"inversion": "mi_ed", "impression": "di_ed", "auxiliary": "aux_ed", "noise": "noise_ed"}
+# --source on the command line -> the ED strategy (our defaults) that uses it; "pool" is not ED but
+# one distillation on an auxiliary pool labelled by all experts at once (pool_distillation.py)
+SOURCES = {"inversion": "mi_ed", "impression": "di_ed", "auxiliary": "aux_ed", "noise": "noise_ed", "pool": "pool"}
 CHECK_SAMPLES = 200  # held-out synthetic samples per expert for the agreement report
 MIN_AGREEMENT = 0.8
 
@@ -73,6 +74,18 @@ def budget_params(params: dict[str, Any] | None, *, iterations: int | None = Non
     from exmodel.strategies.base import strategy_class
 
     out = dict(params or {})
+    if strategy == "pool":
+        from exmodel.pool_distillation import PoolParams
+
+        if generator_steps is not None:
+            raise ExmodelError("--generator-steps does not apply to --source pool (it trains no generator)")
+        if budget is not None:
+            if not budget > 0:
+                raise ExmodelError(f"--budget must be > 0, got {budget}")
+            out.setdefault("iterations", max(1, round(PoolParams().iterations * budget)))
+        if iterations is not None:
+            out["iterations"] = iterations
+        return out
     preset = strategy_class(strategy).Params()
     source_params = {**preset.source_params, **out.get("source_params", {})}
     if budget is not None:
@@ -115,7 +128,9 @@ def consolidate(experts: Sequence[Expert | str | Path], out: str | Path | None =
     """Distil ``experts`` (:class:`Expert` objects or bundle paths, in stream order) into one model.
 
     Returns the consolidated :class:`Expert`; with ``out`` it is also written there as a bundle.
-    ``params`` are Ex-Model Distillation parameters (see :func:`budget_params` for the budget).
+    ``params`` are Ex-Model Distillation parameters (see :func:`budget_params` for the budget), or
+    with ``source="pool"`` those of :class:`~exmodel.pool_distillation.PoolParams`: all experts label
+    one auxiliary pool (``glyphs`` by default) and the model is distilled on it in one go.
     With ``borrow``, experts without BatchNorm are inverted with the BatchNorm statistics of the
     experts that have them (:mod:`exmodel.synthesis.borrowed`).
     """
@@ -127,7 +142,7 @@ def consolidate(experts: Sequence[Expert | str | Path], out: str | Path | None =
         check_target(Path(out))  # an existing non-bundle is refused before any work, not after it
     experts = _as_experts(experts)
     borrowed: dict[str, list[str]] = {}
-    if borrow:
+    if borrow and source != "pool":  # the pool method matches no statistics
         experts, borrowed = borrow_statistics(experts)
     cards = [e.card for e in experts]
     k, shape, class_names = check_compatible(cards)
@@ -137,6 +152,42 @@ def consolidate(experts: Sequence[Expert | str | Path], out: str | Path | None =
                       data_dir=data_dir)
     # arch_kwargs may come as an argument or among the ED parameters (``--set arch_kwargs={...}``)
     kwargs = {**(params or {}).get("arch_kwargs", {}), **(arch_kwargs or {})}
+    if source == "pool":
+        from exmodel.pool_distillation import pool_distill
+
+        pool_settings = {key: v for key, v in (params or {}).items() if key != "arch_kwargs"}
+        learner, pool_params, samples = pool_distill(experts, info, arch, kwargs, pool_settings, seed, device,
+                                                     data_dir, progress)
+        learner, settings = learner.cpu().eval(), pool_params.model_dump()
+    else:
+        learner, settings, samples = _distill_stream(experts, info, source, arch, kwargs, params, seed, device,
+                                                     progress)
+    seen = sorted({c for card in cards for c in card.trained_class_ids})
+    card = ExpertCard(
+        name=Path(out).name if out is not None else "consolidated", arch=arch,
+        arch_kwargs=dict(learner.net.arch_kwargs), class_ids=list(range(k)), class_names=class_names,
+        trained_class_ids=seen, num_global_classes=k, task_id=None, input_shape=shape,
+        normalization={"mean": learner.mean.flatten().tolist(), "std": learner.std.flatten().tolist()},
+        training={"method": SOURCES[source], "seed": seed, "experts": [c.name for c in cards],
+                  "expert_sha256": [c.weights_sha256 for c in cards], **settings},
+        library_version=__version__, created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+    result = Expert(card, learner.net)
+    what = "pool" if source == "pool" else "synthetic"
+    report, warned = expert_agreement(result, cards, samples, min_agreement, what)
+    card.training["agreement"], card.training["warnings"] = report, warned
+    card.training["borrowed_statistics"] = borrowed
+    for line in warned:
+        warnings.warn(line, ExpertNotAbsorbed, stacklevel=2)
+    if out is None:
+        return result
+    save_bundle(result, out)
+    return load_bundle(out)
+
+
+def _distill_stream(experts: list[Expert], info: StreamInfo, source: str, arch: str, kwargs: dict,
+                    params: dict | None, seed: int, device: str, progress) -> tuple[Any, dict, list]:
+    """Ex-Model Distillation over the experts in order: the learner, its settings, the agreement samples."""
     strategy = build_strategy(SOURCES[source], {"check_samples": CHECK_SAMPLES, **(params or {}), "arch": arch,
                                                 "arch_kwargs": kwargs}, info, seed, device)
     bar = progress.add(f"expert 1 of {len(experts)}", total=len(experts)) if progress is not None else None
@@ -148,39 +199,26 @@ def consolidate(experts: Sequence[Expert | str | Path], out: str | Path | None =
             progress.advance(bar)
     if bar is not None:
         progress.remove(bar)
-    learner = strategy.model.cpu().eval()
-    seen = sorted({c for card in cards for c in card.trained_class_ids})
-    card = ExpertCard(
-        name=Path(out).name if out is not None else "consolidated", arch=arch,
-        arch_kwargs=dict(learner.net.arch_kwargs), class_ids=list(range(k)), class_names=class_names,
-        trained_class_ids=seen, num_global_classes=k, task_id=None, input_shape=shape,
-        normalization={"mean": learner.mean.flatten().tolist(), "std": learner.std.flatten().tolist()},
-        training={"method": SOURCES[source], "seed": seed, "experts": [c.name for c in cards],
-                  "expert_sha256": [c.weights_sha256 for c in cards], **strategy.params.model_dump()},
-        library_version=__version__, created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    )
-    result = Expert(card, learner.net)
-    report, warned = expert_agreement(result, cards, strategy.agreement_samples(), min_agreement)
-    card.training["agreement"], card.training["warnings"] = report, warned
-    card.training["borrowed_statistics"] = borrowed
-    for line in warned:
-        warnings.warn(line, ExpertNotAbsorbed, stacklevel=2)
-    if out is None:
-        return result
-    save_bundle(result, out)
-    return load_bundle(out)
+    return strategy.model.cpu().eval(), strategy.params.model_dump(), strategy.agreement_samples()
 
 
-def expert_agreement(model: Expert, cards: list[ExpertCard], samples: list, min_agreement: float
-                     ) -> tuple[list[dict[str, Any]], list[str]]:
-    """Per-expert agreement records and the warnings for experts below ``min_agreement``."""
+def expert_agreement(model: Expert, cards: list[ExpertCard], samples: list, min_agreement: float,
+                     what: str = "synthetic") -> tuple[list[dict[str, Any]], list[str]]:
+    """Per-expert agreement records and the warnings for experts below ``min_agreement``; ``what``
+    names the samples (``synthetic``, or ``pool`` for the pool method)."""
     report, warned = [], []
     for card, (x01, y, held_out) in zip(cards, samples):
+        if len(y) == 0:
+            report.append({"expert": card.name, "classes": list(card.trained_class_ids), "samples": 0,
+                           "held_out": held_out, "kind": what, "agreement": None})
+            warned.append(f"expert '{card.name}' (classes {list(card.trained_class_ids)}) has no {what} samples to "
+                          f"check its share of the consolidated model against")
+            continue
         score = agreement(model, x01, y)
         report.append({"expert": card.name, "classes": list(card.trained_class_ids), "samples": len(y),
-                       "held_out": held_out, "agreement": round(score, 4)})
+                       "held_out": held_out, "kind": what, "agreement": round(score, 4)})
         if not score >= min_agreement:
             warned.append(f"expert '{card.name}' (classes {list(card.trained_class_ids)}) was not absorbed: the "
-                          f"consolidated model agrees with it on {100 * score:.1f} % of its synthetic samples "
+                          f"consolidated model agrees with it on {100 * score:.1f} % of its {what} samples "
                           f"(threshold {100 * min_agreement:.0f} %); give it a larger budget or another source")
     return report, warned

@@ -26,8 +26,9 @@ from exmodel import limits
 from exmodel.config import RunConfig, dump_yaml, read_yaml_file
 from exmodel.data import load_dataset, resolve_data_dir
 from exmodel.errors import ExmodelError
-from exmodel.evaluation import (PeakMemory, Stopwatch, average_accuracy, backward_transfer, confusion_matrix, count_macs,
-                                evaluate_predictor, forgetting, per_class_accuracy, state_bytes, stream_accuracy)
+from exmodel.evaluation import (AccuracyMatrix, PeakMemory, Stopwatch, average_accuracy, backward_transfer,
+                                confusion_matrix, count_macs, evaluate_predictor, forgetting, per_class_accuracy,
+                                state_bytes, stream_accuracy)
 from exmodel.experts.zoo import expert_stream
 from exmodel.fileio import atomic_write_json, atomic_write_text, read_bounded
 from exmodel.progress import Progress
@@ -64,8 +65,7 @@ def run_cell(cfg: RunConfig, strategy_name: str, stream: Stream, experts: list, 
     T = len(stream)
     test_sets = [(e.test, e.task_id) for e in stream]
     counts = np.array([len(e.test) for e in stream])
-    R = np.full((T, T), np.nan)
-    R_aware = np.full((T, T), np.nan)
+    agnostic, aware = AccuracyMatrix(T, counts), AccuracyMatrix(T, counts)
     clock, step_bytes = Stopwatch(), []
     task = progress.add(f"{strategy_name} seed {seed}", total=T) if progress else None
     with PeakMemory() as mem:
@@ -77,16 +77,19 @@ def run_cell(cfg: RunConfig, strategy_name: str, stream: Stream, experts: list, 
             step_bytes.append(state_bytes(strategy.state()))
             ev = evaluate_predictor(strategy.predict, test_sets, stream.task_classes, stream.num_classes,
                                     cfg.eval_batch_size, cfg.device)
-            R[exp.index] = ev.correct_agnostic / counts
-            R_aware[exp.index] = ev.correct_aware / counts
+            for j in range(T):
+                agnostic.record(exp.index, j, int(ev.correct_agnostic[j]))
+                aware.record(exp.index, j, int(ev.correct_aware[j]))
             if log:
-                log("step_done", strategy=strategy_name, seed=seed, step=exp.index, accuracy=R[exp.index].tolist(),
+                log("step_done", strategy=strategy_name, seed=seed, step=exp.index,
+                    accuracy=agnostic.matrix[exp.index].tolist(),
                     state_bytes=step_bytes[-1])
             if task is not None:
                 progress.advance(task)
     if task is not None:
         progress.remove(task)
     aware_headline = stream.multi_task
+    R, R_aware = agnostic.matrix, aware.matrix
     R_main = R_aware if aware_headline else R
     x = stream[0].test.float_images(slice(0, 1)).to(cfg.device)
     macs = count_macs(_PredictModule(strategy), (x, torch.zeros(1, dtype=torch.long, device=cfg.device)))

@@ -10,6 +10,8 @@ the ``EXMODEL_DATA_DIR`` environment variable, else none.
   when ``download=True``, otherwise the error lists the missing path and where to get it.
 * ``imagefolder:<path>``: ``<path>/train`` and ``<path>/test`` read by
   :func:`~exmodel.data.imagefolder.read_image_folder`.
+* ``glyphs``: printed characters drawn on the fly from a seed (:mod:`exmodel.data.glyphs`), an
+  auxiliary pool of strokes that needs no files.
 
 Runs load the same data many times (one experience after another, evaluation, synthesis), so loaded
 datasets are cached in-process on the resolved arguments. The returned tensors are shared between
@@ -31,6 +33,8 @@ from exmodel.data.cifar import read_cifar_dir, required_files
 from exmodel.data.core50 import load_core50_splits
 from exmodel.data.download import download as download_file
 from exmodel.data.embedded import EMBEDDED_DATASETS, load_embedded
+from exmodel.data.glyphs import NAME as GLYPHS
+from exmodel.data.glyphs import load_glyphs
 from exmodel.data.idx import idx_image_pair, read_idx
 from exmodel.data.imagefolder import read_image_folder
 from exmodel.data.types import DatasetSplits, ImageDataset
@@ -54,7 +58,7 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
 
 def list_datasets() -> list[str]:
     """Names accepted by :func:`load_dataset` (plus ``imagefolder:<path>``)."""
-    return list(CATALOG)
+    return [*CATALOG, GLYPHS]
 
 
 def _missing_hint(info: DatasetInfo, data_dir: Path) -> str:
@@ -137,6 +141,8 @@ def load_image_folder_splits(path: str | os.PathLike) -> DatasetSplits:
 def _load_cached(name: str, data_dir: Path | None, download: bool) -> DatasetSplits:
     if name.startswith(IMAGEFOLDER_PREFIX):
         return load_image_folder_splits(name[len(IMAGEFOLDER_PREFIX) :])
+    if name == GLYPHS:
+        return load_glyphs()
     info = get_info(name)
     if data_dir is None:
         if info.name in EMBEDDED_DATASETS:
@@ -154,6 +160,8 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download:
         # Resolve the folder now so the cache key does not depend on the working directory.
         folder = Path(name[len(IMAGEFOLDER_PREFIX) :]).expanduser().resolve()
         return _load_cached(f"{IMAGEFOLDER_PREFIX}{folder}", None, False)
+    if name.strip().lower() == GLYPHS:  # drawn on the fly: no files, the same everywhere
+        return _load_cached(GLYPHS, None, False)
     return _load_cached(get_info(name).name, resolve_data_dir(data_dir), download)
 
 

@@ -277,13 +277,21 @@ def backward_transfer(R: Any) -> float:
 # --------------------------------------------------------------------------- across runs
 
 
-def mean_std(values: Sequence[float] | np.ndarray) -> dict[str, Any]:
+def mean_std(values: Sequence[float | None] | np.ndarray, *, skip_missing: bool = False) -> dict[str, Any]:
     """Summary over independent runs (seeds): ``{"mean", "std", "per_seed"}``.
 
     ``std`` is the *sample* standard deviation (``ddof=1``), the usual estimate when reporting
     mean ± std over a handful of runs as the paper does (5 streams of experts); it is 0.0 for a
-    single run.
+    single run. With ``skip_missing``, ``None`` and NaN values (seeds a merged run lacks) are left
+    out of mean and std but kept in ``per_seed``; mean and std are ``None`` if nothing is left. The
+    one implementation of mean ± std in exmodel: tables, merged reports and plots all use it.
     """
+    if skip_missing:
+        per_seed = list(values)
+        usable = [float(v) for v in per_seed if v is not None and not math.isnan(float(v))]
+        if not usable:
+            return {"mean": None, "std": None, "per_seed": per_seed}
+        return {**mean_std(usable), "per_seed": per_seed}
     v = _np(values, np.float64).ravel()
     if v.size == 0:
         raise ValueError("mean_std needs at least one value")

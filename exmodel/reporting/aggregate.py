@@ -30,7 +30,7 @@ def _stat(values: list) -> dict | None:
     vals = [float("nan") if v is None else float(v) for v in values]
     if all(math.isnan(v) for v in vals):
         return None
-    return mean_std(vals)
+    return mean_std(vals)  # a NaN among the seeds makes the mean NaN: a cell that failed is not hidden
 
 
 def aggregate(cfg, stream, cells: dict[str, dict[int, dict]], expert_acc: dict[int, list[float]], source: str) -> dict:

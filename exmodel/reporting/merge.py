@@ -29,6 +29,7 @@ from rich.table import Table
 
 from exmodel import limits
 from exmodel.errors import ExmodelError
+from exmodel.evaluation.metrics import mean_std
 from exmodel.fileio import read_bounded
 from exmodel.reporting.aggregate import MATRICES
 from exmodel.reporting.tables import (
@@ -106,12 +107,7 @@ def validate_results(results: Any, source: str = RESULTS_FILE) -> None:
 
 def stat_from_values(values: Sequence[float | None]) -> dict[str, Any]:
     """Mean and sample std (ddof=1; 0.0 for one value) of the non-null, non-NaN values."""
-    usable = [float(v) for v in values if v is not None and not math.isnan(float(v))]
-    if not usable:
-        return {"mean": None, "std": None, "per_seed": list(values)}
-    mean = math.fsum(usable) / len(usable)
-    std = math.sqrt(math.fsum((v - mean) ** 2 for v in usable) / (len(usable) - 1)) if len(usable) > 1 else 0.0
-    return {"mean": mean, "std": std, "per_seed": list(values)}
+    return mean_std(values, skip_missing=True)
 
 
 def _matrix_array(matrix: Any, where: str) -> np.ndarray:

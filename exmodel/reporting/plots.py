@@ -30,6 +30,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from exmodel.errors import ExmodelError
+from exmodel.evaluation.metrics import mean_std
 from exmodel.fileio import atomic_write_bytes
 
 DPI = 120
@@ -133,10 +134,9 @@ def seen_accuracy_over_seeds(
         mean = np.full(curves.shape[1], np.nan)
         std = np.zeros(curves.shape[1])
         for i, column in enumerate(curves.T):
-            values = column[~np.isnan(column)]
-            if values.size:
-                mean[i] = values.mean()
-                std[i] = values.std(ddof=1) if values.size > 1 else 0.0  # sample std, as in the tables
+            stat = mean_std(column.tolist(), skip_missing=True)  # sample std, as in the tables
+            if stat["mean"] is not None:
+                mean[i], std[i] = stat["mean"], stat["std"]
         return mean, std
     mean_matrix = _as_matrix(block.get("mean"))
     if mean_matrix is None:

@@ -1,0 +1,144 @@
+"""Consolidation on an auxiliary pool: the glyphs dataset, ownership by hand, and the whole path."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import exmodel.data.glyphs as glyphs
+from exmodel.consolidation import budget_params, consolidate
+from exmodel.data.registry import clear_cache, load_dataset
+from exmodel.errors import ExmodelError
+from exmodel.experts.card import ExpertCard
+from exmodel.experts.expert import Expert
+from exmodel.models import build_model
+from exmodel.pool_distillation import owner_targets
+
+
+@pytest.fixture
+def small_glyphs(monkeypatch):
+    monkeypatch.setattr(glyphs, "SIZES", {"train": 240, "test": 40})
+    clear_cache()
+    yield
+    clear_cache()
+
+
+def test_glyphs_are_the_same_every_time_and_leave_the_global_generator_alone(small_glyphs):
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    a = glyphs.render(50, seed=3)
+    assert torch.equal(torch.rand(3), expected)  # rendering drew nothing from the global generator
+    b = glyphs.render(50, seed=3)
+    assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+    assert not torch.equal(a.images, glyphs.render(50, seed=4).images)
+    assert a.images.shape == (50, 1, 28, 28) and a.images.dtype == torch.uint8
+    assert 0 <= int(a.labels.min()) and int(a.labels.max()) < 62 and len(a.class_names) == 62
+    ink = a.images.float().mean() / 255
+    assert 0.03 < ink < 0.3  # bright strokes on black, like handwriting
+    splits = load_dataset("glyphs")
+    assert len(splits.train) == 240 and len(splits.test) == 40
+    assert splits.train.mean[0] == pytest.approx(float(splits.train.images.float().mean() / 255))
+
+
+class _Fixed(nn.Module):
+    """Logits chosen per image: the image's first normalized pixel selects a row of ``table``."""
+
+    def __init__(self, table: list[list[float]]) -> None:
+        super().__init__()
+        self.table = torch.tensor(table)
+
+    def forward(self, x: torch.Tensor, task_id=None) -> torch.Tensor:
+        return self.table[(x[:, 0, 0, 0] > 0).long()]
+
+
+def _expert(name: str, classes: list[int], table: list[list[float]]) -> Expert:
+    card = ExpertCard(name=name, arch="mlp", arch_kwargs={}, class_ids=classes, class_names=[str(c) for c in classes],
+                      trained_class_ids=classes, num_global_classes=4, input_shape=(1, 2, 2),
+                      normalization={"mean": [0.5], "std": [0.5]})
+    return Expert(card, _Fixed(table))
+
+
+def test_each_image_goes_to_the_most_confident_expert_with_its_probabilities():
+    a = _expert("a", [0, 1], [[3.0, 0.0], [0.0, 0.0]])  # sure of the dark image, unsure of the bright one
+    b = _expert("b", [2, 3], [[0.0, 0.0], [0.0, 4.0]])  # the other way round
+    x = torch.stack([torch.zeros(1, 2, 2), torch.ones(1, 2, 2)])
+    targets, owner = owner_targets([a, b], x, num_classes=4)
+    assert owner.tolist() == [0, 1]
+    pa = 1 / (1 + math.exp(-3))
+    pb = 1 / (1 + math.exp(-4))
+    torch.testing.assert_close(targets, torch.tensor([[pa, 1 - pa, 0, 0], [0, 0, 1 - pb, pb]]))
+    # ties go to the first expert
+    _, owner = owner_targets([b, b], x, num_classes=4)
+    assert owner.tolist() == [0, 0]
+
+
+def _mnist_like(name: str, classes: list[int], seed: int, arch: str) -> Expert:
+    torch.manual_seed(seed)
+    kwargs = {"hidden": [16]} if arch == "mlp" else {}
+    net = build_model(arch, num_classes=len(classes), in_channels=1, input_size=28, **kwargs)
+    card = ExpertCard(name=name, arch=arch, arch_kwargs=dict(net.arch_kwargs), class_ids=classes,
+                      class_names=[str(c) for c in classes], trained_class_ids=classes, num_global_classes=10,
+                      input_shape=(1, 28, 28), normalization={"mean": [0.5], "std": [0.5]})
+    return Expert(card, net).eval()
+
+
+def test_consolidate_on_the_pool_reports_agreement_and_is_deterministic(small_glyphs):
+    experts = [_mnist_like("mlp", [0, 1, 2, 3, 4], 0, "mlp"), _mnist_like("cnn", [5, 6, 7, 8, 9], 1, "lenet_bn")]
+    params = {"iterations": 3, "batch_size": 8}
+    with pytest.warns(UserWarning):  # untrained experts: some will not be absorbed in three steps
+        first = consolidate(experts, source="pool", arch="mlp", arch_kwargs={"hidden": [8]}, params=params, seed=0,
+                            min_agreement=1.01)
+    training = first.card.training
+    assert training["method"] == "pool" and training["pool"] == "glyphs" and training["iterations"] == 3
+    report = {r["expert"]: r for r in training["agreement"]}
+    assert set(report) == {"mlp", "cnn"}
+    assert sum(r["samples"] for r in report.values()) <= 24  # of the 10 % held out, those owned with p >= 0.9
+    assert training["borrowed_statistics"] == {}
+    with pytest.warns(UserWarning):
+        again = consolidate(experts, source="pool", arch="mlp", arch_kwargs={"hidden": [8]}, params=params, seed=0,
+                            min_agreement=1.01)
+    for (k, v), w in zip(first.net.state_dict().items(), again.net.state_dict().values()):
+        assert torch.equal(v, w), k
+
+
+def test_pool_budget_options():
+    assert budget_params(None, budget=0.5, strategy="pool") == {"iterations": 1500}
+    assert budget_params({"lr": 0.01}, iterations=7, strategy="pool") == {"lr": 0.01, "iterations": 7}
+    with pytest.raises(ExmodelError, match="--generator-steps does not apply to --source pool"):
+        budget_params(None, generator_steps=3, strategy="pool")
+
+
+def test_cli_consolidate_with_the_pool(small_glyphs, tmp_path, capsys):
+    from exmodel.cli import main
+    from exmodel.experts.bundle import load_bundle, save_bundle
+
+    for name, classes, seed, arch in (("mlp", [0, 1, 2, 3, 4], 0, "mlp"), ("cnn", [5, 6, 7, 8, 9], 1, "lenet_bn")):
+        save_bundle(_mnist_like(name, classes, seed, arch), tmp_path / name)
+    code = main(["-q", "consolidate", str(tmp_path / "mlp"), str(tmp_path / "cnn"), "--source", "pool", "--arch", "mlp",
+                 "--iterations", "2", "--set", "batch_size=8", "--set", "arch_kwargs={hidden: [8]}",
+                 "-o", str(tmp_path / "merged")])
+    out = capsys.readouterr().out
+    assert code == 0 and "held-out pool samples" in out
+    card = load_bundle(tmp_path / "merged").card
+    assert card.training["method"] == "pool" and card.training["iterations"] == 2 and card.class_ids == list(range(10))
+    assert main(["consolidate", str(tmp_path / "mlp"), "--source", "pool", "--generator-steps", "3",
+                 "-o", str(tmp_path / "x")]) == 2
+    assert "--generator-steps does not apply to --source pool" in capsys.readouterr().err
+
+
+def test_an_expert_without_samples_to_check_is_warned_about_not_scored():
+    from exmodel.consolidation import expert_agreement
+
+    a = _expert("a", [0, 1], [[3.0, 0.0], [0.0, 0.0]])
+    model = _expert("m", [0, 1], [[3.0, 0.0], [0.0, 0.0]])
+    x = torch.zeros(2, 1, 2, 2)
+    report, warned = expert_agreement(model, [a.card, a.card], [(x, torch.tensor([0, 0]), True),
+                                                                (x[:0], torch.tensor([], dtype=torch.long), True)],
+                                      0.8, "pool")
+    assert report[0]["agreement"] == 1.0 and report[0]["kind"] == "pool" and report[1]["agreement"] is None
+    assert warned == ["expert 'a' (classes [0, 1]) has no pool samples to check its share of the consolidated model "
+                      "against"]
