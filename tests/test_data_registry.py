@@ -65,7 +65,7 @@ def test_resolve_data_dir_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 
 def test_list_datasets() -> None:
-    assert list_datasets() == ["mnist", "fashion_mnist", "cifar10", "cifar100", "core50"]
+    assert list_datasets() == ["mnist", "fashion_mnist", "cifar10", "cifar100", "core50", "glyphs"]
 
 
 def test_catalog_constants_match_shared_md5sums() -> None:
