@@ -10,6 +10,10 @@ works the same for an MLP without normalization as for a CNN with BatchNorm.
    own normalization and resolution.
 2. **Ownership**: an image belongs to the expert that is most confident about it (the largest
    maximum probability). An ``8`` glyph is the 5-9 expert's ``8``, not the 0-4 expert's ``3``.
+   Experts are not equally confident by nature (a CNN with BatchNorm is sure of almost anything).
+   With ``calibrate`` (off by default), each expert's logits are first divided by a temperature
+   chosen so that its mean confidence over the pool is that value, the same for all. At 0.7 it cost
+   about 2 points on the outside experts (76.38 / 80.76 % against 78.28 / 82.43 %, seeds 0 / 1).
 3. The target of an image is its owner's probabilities, placed on the owner's global classes (zero
    elsewhere). The consolidated model is trained to them by KL divergence, with random shifts and
    rotations, for ``iterations`` steps.
@@ -56,22 +60,41 @@ class PoolParams(Params):
     translate: float = Field(0.1, ge=0, lt=1, description="augmentation: largest shift, fraction of the side")
     degrees: float = Field(10.0, ge=0, le=180, description="augmentation: largest rotation in degrees")
     check_fraction: float = Field(0.1, gt=0, lt=1, description="part of the pool held out for the agreement report")
+    calibrate: float | None = Field(None, gt=0, lt=1, description="mean pool confidence every expert is scaled to "
+                                                                "before ownership is decided; null: raw confidences")
+
+
+def temperature_for(logits: torch.Tensor, mean_confidence: float, steps: int = 50) -> float:
+    """The temperature ``T`` at which ``softmax(logits / T)``'s maximum averages ``mean_confidence``
+    over the rows (bisection in log T over [1e-3, 1e3]; the mean confidence falls as T grows)."""
+    lo, hi = 1e-3, 1e3
+    for _ in range(steps):
+        t = (lo * hi) ** 0.5
+        if (logits / t).softmax(1).max(1).values.mean() > mean_confidence:
+            lo = t
+        else:
+            hi = t
+    return (lo * hi) ** 0.5
 
 
 @torch.no_grad()
-def owner_targets(experts: Sequence[Expert], x01: torch.Tensor, num_classes: int,
+def owner_targets(experts: Sequence[Expert], x01: torch.Tensor, num_classes: int, calibrate: float | None = None,
                   batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
     """``(targets, owner)`` for the images ``x01``: ``owner[i]`` is the index of the expert with the
     largest maximum probability over its trained classes (the first on ties), ``targets[i]`` its
-    probabilities on its global classes (zeros elsewhere, rows sum to 1)."""
+    probabilities on its global classes (zeros elsewhere, rows sum to 1). With ``calibrate``, the
+    probabilities compared for ownership come from logits divided by each expert's
+    :func:`temperature_for` that mean confidence; the targets stay the experts' own."""
     confidence, probs = [], []
     for e in experts:
         cols = [list(e.card.class_ids).index(c) for c in e.card.trained_class_ids]
-        chunks = [e(fit_input(x01[i:i + batch_size], e.card.input_shape))[:, cols].softmax(1)
+        chunks = [e(fit_input(x01[i:i + batch_size], e.card.input_shape))[:, cols]
                   for i in range(0, len(x01), batch_size)]
-        p = torch.cat(chunks) if chunks else torch.empty(0, len(cols))
-        probs.append(p)
-        confidence.append(p.max(1).values if len(p) else torch.empty(0))
+        logits = torch.cat(chunks) if chunks else torch.empty(0, len(cols))
+        probs.append(logits.softmax(1))
+        if calibrate is not None and len(logits):
+            logits = logits / temperature_for(logits, calibrate)
+        confidence.append(logits.softmax(1).max(1).values if len(logits) else torch.empty(0))
     owner = torch.stack(confidence, 1).argmax(1)
     targets = torch.zeros(len(x01), num_classes)
     for k, e in enumerate(experts):
@@ -98,7 +121,7 @@ def pool_distill(experts: Sequence[Expert], info: StreamInfo, arch: str, arch_kw
     n_check = max(1, int(round(p.check_fraction * len(x01))))
     check, train = order[:n_check], order[n_check:]
     task = progress.add(f"labelling the pool ({p.pool})", total=1) if progress is not None else None
-    targets, owner = owner_targets(experts, x01, info.num_classes)
+    targets, owner = owner_targets(experts, x01, info.num_classes, p.calibrate)
     if task is not None:
         progress.advance(task)
         progress.remove(task)

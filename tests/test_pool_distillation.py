@@ -76,6 +76,29 @@ def test_each_image_goes_to_the_most_confident_expert_with_its_probabilities():
     assert owner.tolist() == [0, 0]
 
 
+def test_temperature_brings_the_mean_confidence_to_the_target():
+    from exmodel.pool_distillation import temperature_for
+
+    logits = torch.tensor([[10.0, 0.0], [6.0, 0.0], [1.0, 0.0]])
+    t = temperature_for(logits, 0.7)
+    assert (logits / t).softmax(1).max(1).values.mean().item() == pytest.approx(0.7, abs=1e-6)
+    assert temperature_for(logits, 0.9) < t  # surer on average: a lower temperature
+
+
+def test_calibration_gives_an_image_to_the_expert_sure_of_it_by_its_own_standard():
+    # a is sure of everything (raw confidence 1.0 and 0.998); b is unsure of the dark image (0.5)
+    # and fairly sure of the bright one (0.95). Raw, a owns both; calibrated to the same mean
+    # confidence 0.7, b's 0.9 on the bright image beats a's 0.64.
+    a = _expert("a", [0, 1], [[10.0, 0.0], [6.0, 0.0]])
+    b = _expert("b", [2, 3], [[0.0, 0.0], [0.0, 3.0]])
+    x = torch.stack([torch.zeros(1, 2, 2), torch.ones(1, 2, 2)])
+    assert owner_targets([a, b], x, num_classes=4)[1].tolist() == [0, 0]
+    targets, owner = owner_targets([a, b], x, num_classes=4, calibrate=0.7)
+    assert owner.tolist() == [0, 1]
+    pb = 1 / (1 + math.exp(-3))
+    torch.testing.assert_close(targets[1], torch.tensor([0, 0, 1 - pb, pb]))  # the expert's own probabilities
+
+
 def _mnist_like(name: str, classes: list[int], seed: int, arch: str) -> Expert:
     torch.manual_seed(seed)
     kwargs = {"hidden": [16]} if arch == "mlp" else {}
