@@ -14,9 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from exmodel import limits
 from exmodel.errors import ConfigError
-from exmodel.fileio import read_bounded
+from exmodel.fileio import read_text
 
 # Run and strategy names become folder and file names (runs/NAME-time/, cells/NAME/, the expert
 # cache): one path component, no separators, no "..", nothing a terminal would interpret.
@@ -67,17 +66,7 @@ def dump_yaml(tree: Any) -> str:
 
 def read_yaml_file(path: Path) -> Any:
     """The YAML document of the file ``path``: bounded in size, UTF-8, no aliases."""
-    try:
-        raw = read_bounded(path, limits.max_text_bytes(), "the file")
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text") from None
-    return parse_yaml(text, str(path))
+    return parse_yaml(read_text(path, "config file", ConfigError), str(path))
 
 
 class _Strict(BaseModel):

@@ -80,6 +80,24 @@ def read_bounded(path: str | os.PathLike, limit: int, what: str = "file", *, dir
     return data
 
 
+def read_text(path: str | os.PathLike, what: str, error: type[Exception], limit: int | None = None) -> str:
+    """The UTF-8 text of the file ``path``, read with :func:`read_bounded` (``limit`` defaults to
+    ``EXMODEL_MAX_TEXT_BYTES``). Every failure is one ``error`` whose message names ``path`` and
+    ``what`` the file is: missing, unreadable, too large, not UTF-8."""
+    from exmodel import limits  # deferred: limits imports the errors, not files
+
+    try:
+        raw = read_bounded(path, limits.max_text_bytes() if limit is None else limit, f"the {what}")
+    except FileNotFoundError:
+        raise error(f"{path}: {what} not found") from None
+    except OSError as exc:
+        raise error(f"{path}: cannot read the {what} ({exc.strerror})") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise error(f"{path}: the {what} is not UTF-8 text") from None
+
+
 def _size(n: int) -> str:
     for unit in ("bytes", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":

@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from exmodel import limits
 from exmodel.config import RunConfig, dump_yaml, read_yaml_file
 from exmodel.data import load_dataset, resolve_data_dir
 from exmodel.errors import ExmodelError
@@ -30,7 +29,7 @@ from exmodel.evaluation import (AccuracyMatrix, PeakMemory, Stopwatch, average_a
                                 confusion_matrix, count_macs, evaluate_predictor, forgetting, per_class_accuracy,
                                 state_bytes, stream_accuracy)
 from exmodel.experts.zoo import expert_stream
-from exmodel.fileio import atomic_write_json, atomic_write_text, read_bounded
+from exmodel.fileio import atomic_write_json, atomic_write_text, read_text
 from exmodel.progress import Progress
 from exmodel.reporting.aggregate import aggregate
 from exmodel.reporting.records import EventLog, environment
@@ -149,8 +148,8 @@ def _check_out_dir(out: Path, cfg: RunConfig) -> None:
 def _finished_cell(path: Path) -> dict | None:
     """The record of a finished cell, or None when its file is damaged (it is computed again)."""
     try:
-        record = json.loads(read_bounded(path, limits.max_text_bytes(), "the cell").decode("utf-8"))
-    except (OSError, ValueError, RecursionError):
+        record = json.loads(read_text(path, "cell", ValueError))
+    except (ValueError, RecursionError):
         return None
     return record if isinstance(record, dict) and "stream_accuracy" in record else None
 

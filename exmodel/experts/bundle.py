@@ -140,9 +140,8 @@ def assemble_expert(card: ExpertCard, tensors: Mapping[str, torch.Tensor], sourc
     else:
         # The card's arch_kwargs size the network: compare it with the tensors present on the meta
         # device (no memory) before building it, so a card cannot ask for more than its weights hold.
-        check_layout(_meta_state(card, source), tensors, card.arch, source)
+        check_tensors(_meta_state(card, source), tensors, card.arch, source)
         net = _build_net(card, source)
-        check_tensors(net.state_dict(), tensors, card.arch, source)
         net.load_state_dict(dict(tensors), strict=True)
     channels = card.input_shape[0]
     in_channels = card.arch_kwargs.get("in_channels", getattr(net, "arch_kwargs", {}).get("in_channels"))
@@ -150,7 +149,9 @@ def assemble_expert(card: ExpertCard, tensors: Mapping[str, torch.Tensor], sourc
         raise BundleError(f"{source}: card input_shape has C={channels} but arch_kwargs.in_channels={in_channels}")
     net.eval()
     # One dummy forward pass proves the card's input shape fits the network and tells the head size.
-    probe = torch.stack([torch.zeros(card.input_shape), torch.rand(card.input_shape, generator=torch.Generator().manual_seed(0))])
+    # a zero image and a seeded random one: weights that overflow show on either
+    noise = torch.rand(card.input_shape, generator=torch.Generator().manual_seed(0))
+    probe = torch.stack([torch.zeros(card.input_shape), noise])
     try:
         with torch.no_grad():
             out = net(probe, task_id=card.task_id)

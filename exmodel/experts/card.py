@@ -32,7 +32,7 @@ from pydantic import (
 import exmodel
 from exmodel import limits
 from exmodel.errors import BundleError
-from exmodel.fileio import read_bounded
+from exmodel.fileio import read_text
 from exmodel.text import unsafe_characters
 
 MAX_NAME_LENGTH = 200  # card name, arch, scenario and each class name
@@ -283,19 +283,12 @@ class ExpertCard(BaseModel):
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> "ExpertCard":
-        path = Path(path)
-        try:
-            raw = read_bounded(path, limits.max_text_bytes(), "the card")
-        except FileNotFoundError:
-            raise BundleError(f"{path}: card file not found") from None
-        except OSError as exc:
-            raise BundleError(f"{path}: cannot read card ({exc.strerror})") from None
-        return cls.from_json_bytes(raw, str(path))
+        return cls.from_json(read_text(path, "card file", BundleError), str(path))
 
     @classmethod
     def from_json_bytes(cls, raw: bytes, source: str = "card.json") -> "ExpertCard":
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
-            raise BundleError(f"{source}: not valid JSON (the file is not UTF-8 text)") from None
+            raise BundleError(f"{source}: the card file is not UTF-8 text") from None
         return cls.from_json(text, source)

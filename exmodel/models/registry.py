@@ -45,7 +45,7 @@ def register_model(name: str) -> Callable[[F], F]:
     """Register a factory under ``name``; its models get ``arch_name``/``arch_kwargs`` recorded."""
 
     def decorator(factory: F) -> F:
-        if name in _REGISTRY:
+        if name in _REGISTRY:  # checked before wrapping: the wrapper is always a new object
             raise ValueError(f"architecture {name!r} is already registered")
         params = inspect.signature(factory).parameters
         missing = [k for k in COMMON_KWARGS if k not in params]

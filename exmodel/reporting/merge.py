@@ -27,10 +27,9 @@ from typing import Any
 import numpy as np
 from rich.table import Table
 
-from exmodel import limits
 from exmodel.errors import ExmodelError
 from exmodel.evaluation.metrics import mean_std
-from exmodel.fileio import read_bounded
+from exmodel.fileio import read_text
 from exmodel.reporting.aggregate import MATRICES
 from exmodel.reporting.tables import (
     MISSING,
@@ -59,15 +58,11 @@ def load_results(run_dir: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise ExmodelError(f"{path}: not found; expected the {RESULTS_FILE} of a finished run")
     try:
-        results = json.loads(read_bounded(path, limits.max_text_bytes(), "the results file").decode("utf-8"))
+        results = json.loads(read_text(path, "results file", ExmodelError))
     except json.JSONDecodeError as exc:
         raise ExmodelError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     except RecursionError:
         raise ExmodelError(f"{path}: JSON nested too deeply") from None
-    except UnicodeDecodeError:
-        raise ExmodelError(f"{path}: not UTF-8 text") from None
-    except OSError as exc:
-        raise ExmodelError(f"{path}: cannot read ({exc.strerror})") from None
     validate_results(results, str(path))
     return results
 
