@@ -34,8 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     from exmodel.data import load_dataset, resolve_data_dir
     from exmodel.reporting.samples import plot_sample_grids
     from exmodel.runner import experts_for
-    from exmodel.strategies import strategy_class
-    from exmodel.synthesis import build_source, source_class
+    from exmodel.strategies.ed import preset_params, preset_source
+    from exmodel.synthesis import source_class
 
     cfg = load_config(args.config)
     resolved = resolve_data_dir(args.data_dir)
@@ -44,13 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     panels = {}
     for short in ("mi", "di", "aux", "replay", "noise"):
         name = f"{short}_ed" + ("_paper" if args.preset == "paper" else "")
-        cls = strategy_class(name)
-        params = cls.Params()
-        source_name = params.source or cls.source_name
-        source_params = dict(params.source_params)
-        if args.steps is not None and "steps" in source_class(source_name).Params.model_fields:
-            source_params["steps"] = args.steps
-        source = build_source(source_name, source_params, data_dir=str(resolved) if resolved else None)
+        steps = args.steps is not None and "steps" in source_class(preset_params(name).source).Params.model_fields
+        source = preset_source(name, {"steps": args.steps} if steps else None,
+                               data_dir=str(resolved) if resolved else None)
         xs, ys = [], []
         for exp, expert in zip(stream, experts):
             n = args.per_class * len(exp.classes)

@@ -68,14 +68,13 @@ def main(argv: list[str] | None = None) -> int:
     from exmodel.errors import ExmodelError
     from exmodel.fileio import atomic_write_json
     from exmodel.runner import experts_for, stream_info
-    from exmodel.strategies import strategy_class
-    from exmodel.strategies.ed import ExModelDistillation
+    from exmodel.strategies.ed import is_ed
     from exmodel.strategies.joint import concat
 
     names = [s for s in args.strategies.split(",") if s]
     try:
         for name in names:
-            if not issubclass(strategy_class(name), ExModelDistillation):
+            if not is_ed(name):
                 raise ExmodelError(f"{name} is not an Ex-Model Distillation strategy")
         try:
             overrides = json.loads(args.source_params)
@@ -142,22 +141,17 @@ def _accuracy(model, data) -> float:
 
 def _source(name, overrides, resolved):
     """The knowledge source of strategy ``name``'s preset, its settings updated by ``overrides``."""
-    from exmodel.strategies import strategy_class
-    from exmodel.synthesis import build_source
+    from exmodel.strategies.ed import preset_source
 
-    cls = strategy_class(name)
-    p = cls.Params()
-    return build_source(p.source or cls.source_name, {**p.source_params, **overrides},
-                        data_dir=str(resolved) if resolved else None)
+    return preset_source(name, overrides, data_dir=str(resolved) if resolved else None)
 
 
 def _measure(name, source, stream, experts, info, arch, kwargs, judge, real_test, args) -> dict:
     import torch
 
-    from exmodel.strategies import strategy_class
+    from exmodel.strategies.ed import preset_params
 
-    cls = strategy_class(name)
-    p = cls.Params()
+    p = preset_params(name)
     gen = torch.Generator().manual_seed(args.seed)
     xs, ys, oks, per_expert, t = [], [], [], [], time.perf_counter()
     for exp, expert in zip(stream, experts):
@@ -179,7 +173,7 @@ def _measure(name, source, stream, experts, info, arch, kwargs, judge, real_test
     x, y = torch.cat(xs), torch.cat(ys)
     accs = [_student(info, arch, kwargs, x, y, p, int(s), args.student_iterations, real_test)
             for s in args.student_seeds.split(",") if s]
-    return {"source": p.source or cls.source_name, "generation_time_s": gen_time,
+    return {"source": p.source, "generation_time_s": gen_time,
             "judge_agreement": float(torch.cat(oks).mean()),
             "per_expert": per_expert,
             "student_accuracy": {"mean": statistics.mean(accs), "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,

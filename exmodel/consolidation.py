@@ -34,7 +34,7 @@ from exmodel.errors import ExmodelError
 from exmodel.experts.bundle import check_target, load_bundle, save_bundle
 from exmodel.experts.card import ExpertCard
 from exmodel.experts.expert import Expert
-from exmodel.strategies import Step, StreamInfo, build_strategy
+from exmodel.strategies import StreamInfo
 from exmodel.synthesis.borrowed import borrow_statistics
 
 # --source on the command line -> the ED strategy (our defaults) that uses it; "pool" is not ED but
@@ -188,18 +188,10 @@ def consolidate(experts: Sequence[Expert | str | Path], out: str | Path | None =
 def _distill_stream(experts: list[Expert], info: StreamInfo, source: str, arch: str, kwargs: dict,
                     params: dict | None, seed: int, device: str, progress) -> tuple[Any, dict, list]:
     """Ex-Model Distillation over the experts in order: the learner, its settings, the agreement samples."""
-    strategy = build_strategy(SOURCES[source], {"check_samples": CHECK_SAMPLES, **(params or {}), "arch": arch,
-                                                "arch_kwargs": kwargs}, info, seed, device)
-    bar = progress.add(f"expert 1 of {len(experts)}", total=len(experts)) if progress is not None else None
-    for i, e in enumerate(experts):
-        if bar is not None:
-            progress.update(bar, description=f"expert {i + 1} of {len(experts)}: {e.card.name}")
-        strategy.observe(Step(i, i, tuple(e.card.trained_class_ids)), e, None, progress=progress)
-        if bar is not None:
-            progress.advance(bar)
-    if bar is not None:
-        progress.remove(bar)
-    return strategy.model.cpu().eval(), strategy.params.model_dump(), strategy.agreement_samples()
+    from exmodel.strategies.ed import distill_experts
+
+    settings = {"check_samples": CHECK_SAMPLES, **(params or {}), "arch": arch, "arch_kwargs": kwargs}
+    return distill_experts(SOURCES[source], experts, info, settings, seed, device, progress)
 
 
 def expert_agreement(model: Expert, cards: list[ExpertCard], samples: list, min_agreement: float,

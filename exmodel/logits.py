@@ -1,5 +1,5 @@
 """Per-sample normalization of logits (Carta et al. 2021, Eq. 6-7), shared by the distillation losses
-(:mod:`exmodel.strategies.ed_losses`) and the generator's guide (:mod:`exmodel.synthesis.guide`)."""
+(`strategies/ed/losses.py`) and the generator's guide (:mod:`exmodel.synthesis.guide`)."""
 
 from __future__ import annotations
 

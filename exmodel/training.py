@@ -1,4 +1,4 @@
-"""The one supervised training loop (experts, fine-tuning, joint training).
+"""Supervised training on a dataset (experts, fine-tuning, joint training), through the one loop.
 
 It trains ``model(x01) -> logits`` with cross-entropy on an :class:`ImageDataset` whose labels are
 mapped to output indices by ``label_map`` (global class id -> output unit). An optional
@@ -15,7 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from exmodel import loop
 from exmodel.data.types import ImageDataset
+from exmodel.loop import train_loop
 from exmodel.progress import Progress
 
 
@@ -24,15 +26,13 @@ class FitSettings:
     epochs: int = 4
     batch_size: int = 128
     lr: float = 1e-3
-    optimizer: str = "adam"  # adam | sgd
+    optimizer: str = "adam"  # adam | adamw | sgd
     momentum: float = 0.9
     weight_decay: float = 0.0
 
 
 def make_optimizer(params, s: FitSettings) -> torch.optim.Optimizer:
-    if s.optimizer == "adam":
-        return torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay)
-    return torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
+    return loop.make_optimizer(params, s.optimizer, s.lr, s.momentum, s.weight_decay)
 
 
 def label_index(labels: torch.Tensor, label_map: dict[int, int] | None) -> torch.Tensor:
@@ -51,36 +51,34 @@ def label_index(labels: torch.Tensor, label_map: dict[int, int] | None) -> torch
 def fit(model: nn.Module, data: ImageDataset, settings: FitSettings, generator: torch.Generator, *,
         label_map: dict[int, int] | None = None, logit_mask: torch.Tensor | None = None,
         device: str = "cpu", progress: Progress | None = None, description: str = "training") -> float:
-    """Train ``model`` in place; returns the mean loss of the last epoch."""
-    model.to(device).train()
-    opt = make_optimizer(model.parameters(), settings)
+    """Train ``model`` in place (epochs of a random permutation, through :func:`exmodel.loop.train_loop`);
+    returns the mean loss of the last epoch."""
+    model.to(device)
     targets = label_index(data.labels, label_map)
-    n = len(data)
-    steps_per_epoch = (n + settings.batch_size - 1) // settings.batch_size
-    task = progress.add(description, total=settings.epochs * steps_per_epoch) if progress else None
-    last = float("nan")
-    for _ in range(settings.epochs):
-        perm = torch.randperm(n, generator=generator)
-        total = 0.0
-        for b in range(steps_per_epoch):
-            idx = perm[b * settings.batch_size:(b + 1) * settings.batch_size]
-            x = data.float_images(idx).to(device)
-            y = targets[idx].to(device)
-            logits = model(x)
-            if logit_mask is not None:
-                logits = logits.masked_fill(~logit_mask.to(device), float("-inf"))
-            loss = F.cross_entropy(logits, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(idx)
-            if task is not None:
-                progress.advance(task)
-        last = total / n
-    if task is not None:
-        progress.remove(task)
-    model.eval()
-    return last
+    n, size = len(data), settings.batch_size
+    steps_per_epoch = (n + size - 1) // size
+    order: list[torch.Tensor] = []
+
+    def draw() -> loop.Batch:
+        if not order:  # a new epoch
+            perm = torch.randperm(n, generator=generator)
+            order.extend(perm[b * size:(b + 1) * size] for b in range(steps_per_epoch))
+        idx = order.pop(0)
+        return loop.Batch(data.float_images(idx).to(device), targets[idx].to(device))
+
+    def cross_entropy(m: nn.Module, batch: loop.Batch) -> dict[str, torch.Tensor]:
+        logits = m(batch.x)
+        if logit_mask is not None:
+            logits = logits.masked_fill(~logit_mask.to(device), float("-inf"))
+        return {"ce": F.cross_entropy(logits, batch.y)}
+
+    run = loop.LoopSettings(iterations=settings.epochs * steps_per_epoch, optimizer=settings.optimizer,
+                            lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
+    log = train_loop(model, draw, cross_entropy, run, generator, progress=progress, description=description)
+    if not steps_per_epoch or not settings.epochs:
+        return float("nan")
+    sizes = [min(size, n - b * size) for b in range(steps_per_epoch)]
+    return sum(v * k for v, k in zip(log.terms["ce"][-steps_per_epoch:], sizes)) / n
 
 
 @torch.no_grad()

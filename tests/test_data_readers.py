@@ -310,6 +310,18 @@ def test_image_folder_grayscale_and_resize(tmp_path: Path) -> None:
     assert ds.images[0].min() >= 250 and ds.images[1].max() == 0  # jpeg may shift white slightly
 
 
+def test_image_folder_channels_follow_the_images(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    Image.new("L", (4, 3), 77).save(tmp_path / "a" / "g.png")
+    gray = read_image_folder(tmp_path)
+    assert gray.images.shape == (1, 1, 3, 4) and gray.images.unique().tolist() == [77]
+    save(tmp_path / "a" / "h.png", (10, 20, 30), size=(4, 3))  # one colour image: all become RGB
+    mixed = read_image_folder(tmp_path)
+    assert mixed.images.shape == (2, 3, 3, 4)
+    assert mixed.images[0, :, 0, 0].tolist() == [77, 77, 77] and mixed.images[1, :, 0, 0].tolist() == [10, 20, 30]
+    assert read_image_folder(tmp_path, grayscale=False).images.shape == (2, 3, 3, 4)
+
+
 def test_image_folder_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no class sub-folders"):
         read_image_folder(tmp_path)

@@ -166,7 +166,7 @@ def test_image_folder_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     splits = load_dataset("imagefolder:imgs")
     assert splits.train.class_names == ("a", "b") and splits.train.labels.tolist() == [0, 1]
     assert splits.test.labels.tolist() == [1]  # "b" keeps the train label even though test lacks "a"
-    assert splits.test.mean == splits.train.mean and splits.train.images.shape == (2, 3, 5, 5)
+    assert splits.test.mean == splits.train.mean and splits.train.images.shape == (2, 1, 5, 5)  # greyscale stays
     assert load_dataset(f"imagefolder:{tmp_path / 'imgs'}") is splits  # same folder, same cache entry
     shutil.rmtree(tmp_path / "imgs" / "test")
     registry.clear_cache()

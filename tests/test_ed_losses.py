@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from exmodel.strategies.buffer import Buffer, class_balanced_subsample, new_samples_per_step
-from exmodel.strategies.ed_losses import ed_loss, ed_targets, masked_mse, normalize_logits
+from exmodel.strategies.ed.buffer import Buffer, class_balanced_subsample, new_samples_per_step
+from exmodel.strategies.ed.losses import ed_loss, ed_targets, masked_mse, normalize_logits
 
 NAN = float("nan")
 

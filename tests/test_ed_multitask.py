@@ -6,8 +6,8 @@ import torch
 from exmodel.config import load_config
 from exmodel.data import load_dataset
 from exmodel.runner import experts_for, run_cell
-from exmodel.strategies.ed_losses import ed_loss, ed_targets, masked_cross_entropy, normalize_logits
-from exmodel.strategies.ed_multitask import take_expert_head, task_class_masks
+from exmodel.strategies.ed.losses import ed_loss, ed_targets, masked_cross_entropy, normalize_logits
+from exmodel.strategies.ed.multitask import take_expert_head, task_class_masks
 
 NAN = float("nan")
 

@@ -116,9 +116,9 @@ def test_ed_rejects_bad_params():
     from exmodel.strategies import StreamInfo
 
     info = StreamInfo("mt", 4, (1, 28, 28), (0.1,), (0.3,), ((0, 1), (2, 3)), 2)
-    with pytest.raises(ExmodelError, match="normalize must be one of standardize, l2, none"):
+    with pytest.raises(ExmodelError, match="param normalize: Input should be 'standardize', 'l2' or 'none'"):
         build_strategy("mi_ed", {"normalize": "softmax"}, info, 0)
-    with pytest.raises(ExmodelError, match="mi_ed: norm must be one of batch, layer, none, auto"):
+    with pytest.raises(ExmodelError, match="'mi_ed': param norm: Input should be 'batch', 'layer', 'none' or 'auto'"):
         build_strategy("mi_ed", {"norm": "group"}, info, 0)
     with pytest.raises(ConfigError, match="unknown param 'buffer'"):
         build_strategy("mi_ed", {"buffer": 3}, info, 0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from exmodel.strategies.ed_losses import normalize_logits
+from exmodel.strategies.ed.losses import normalize_logits
 from exmodel.synthesis.guide import guided_cross_entropy
 
 

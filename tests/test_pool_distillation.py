@@ -99,6 +99,39 @@ def test_calibration_gives_an_image_to_the_expert_sure_of_it_by_its_own_standard
     torch.testing.assert_close(targets[1], torch.tensor([0, 0, 1 - pb, pb]))  # the expert's own probabilities
 
 
+def test_fixed_temperatures_are_the_calibration_of_the_images_given():
+    from exmodel.pool_distillation import calibration_temperatures
+
+    a = _expert("a", [0, 1], [[10.0, 0.0], [6.0, 0.0]])
+    b = _expert("b", [2, 3], [[0.0, 0.0], [0.0, 3.0]])
+    x = torch.stack([torch.zeros(1, 2, 2), torch.ones(1, 2, 2)])
+    temperatures = calibration_temperatures([a, b], x, 0.7)
+    for got, want in zip(owner_targets([a, b], x, 4, temperatures=temperatures),
+                         owner_targets([a, b], x, 4, calibrate=0.7)):
+        torch.testing.assert_close(got, want)
+    # temperatures fixed on the pool apply to any later batch: the bright image alone still goes to b
+    assert owner_targets([a, b], x[1:], 4, temperatures=temperatures)[1].tolist() == [1]
+    assert owner_targets([a, b], x[1:], 4)[1].tolist() == [0]
+
+
+def test_a_heavier_pen_widens_strokes_by_one_pixel_each_side():
+    from exmodel.synthesis.augment import heavy_pen
+
+    x = torch.zeros(2, 1, 5, 5)
+    x[:, 0, 2, 2] = 1.0  # a dot
+    x[:, 0, 0, 4] = 0.5  # a fainter one in the corner
+    heavy = heavy_pen(x, 1.0)
+    want = torch.zeros(5, 5)
+    want[1:4, 1:4] = 1.0
+    want[0:2, 3:5] = torch.maximum(want[0:2, 3:5], torch.tensor(0.5))
+    torch.testing.assert_close(heavy[0, 0], want)
+    assert torch.equal(heavy_pen(x, 0.0), x)
+    picked = heavy_pen(torch.cat([x] * 50), 0.5, torch.Generator().manual_seed(0))
+    thick = (picked.flatten(1).sum(1) > x[0].sum()).float().mean().item()
+    assert 0.3 < thick < 0.7  # about half redrawn, the rest untouched
+    assert torch.equal(picked, heavy_pen(torch.cat([x] * 50), 0.5, torch.Generator().manual_seed(0)))
+
+
 def _mnist_like(name: str, classes: list[int], seed: int, arch: str) -> Expert:
     torch.manual_seed(seed)
     kwargs = {"hidden": [16]} if arch == "mlp" else {}
@@ -129,7 +162,7 @@ def test_consolidate_on_the_pool_reports_agreement_and_is_deterministic(small_gl
 
 
 def test_pool_budget_options():
-    assert budget_params(None, budget=0.5, strategy="pool") == {"iterations": 1500}
+    assert budget_params(None, budget=0.5, strategy="pool") == {"iterations": 3000}  # half of 6,000
     assert budget_params({"lr": 0.01}, iterations=7, strategy="pool") == {"lr": 0.01, "iterations": 7}
     with pytest.raises(ExmodelError, match="--generator-steps does not apply to --source pool"):
         budget_params(None, generator_steps=3, strategy="pool")

@@ -44,3 +44,18 @@ def test_layering_nothing_below_strategies_imports_them():
               for p in (root / sub).rglob("*.py") if re.search(r"^\s*(from|import) exmodel\.strategies",
                                                               p.read_text(), re.M)]
     assert upward == []
+
+
+def test_ed_is_used_through_its_package_functions_only():
+    """Outside ``strategies/ed/``, nothing imports ED's modules or reads the strategy's attributes:
+    consolidation and the benchmarks go through ``exmodel.strategies.ed``'s public functions."""
+    import re
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    ed = repo / "exmodel" / "strategies" / "ed"
+    inside = re.compile(r"exmodel\.strategies\.ed\.(strategy|losses|buffer|multitask|params|presets)\b"
+                        r"|ExModelDistillation|\.source_name\b")
+    offenders = [str(p.relative_to(repo)) for base in ("exmodel", "benchmarks", "examples", "scripts")
+                 for p in (repo / base).rglob("*.py") if ed not in p.parents and inside.search(p.read_text())]
+    assert offenders == []

@@ -7,7 +7,8 @@ Layout::
 Classes are the sub-folder names sorted alphabetically (label 0 is the first). Files with other
 extensions and hidden entries are ignored. Images are decoded with Pillow, converted to RGB (or to
 single-channel ``L`` with ``grayscale=True``) and optionally resized; without ``size`` all images must
-already share one size. Mean/std are computed from the images themselves and serve as the default
+already share one size. By default (``grayscale=None``) a folder whose images are all single-band
+(greyscale PNGs, as MNIST-like data usually comes) gives one channel, any other gives RGB. Mean/std are computed from the images themselves and serve as the default
 normalization.
 """
 
@@ -45,10 +46,15 @@ def _image_files(class_dir: Path) -> list[Path]:
     )
 
 
-def _load_image(path: Path, size: tuple[int, int] | None, grayscale: bool) -> np.ndarray:
+GRAY_MODES = frozenset({"1", "L", "I", "I;16", "F"})  # Pillow's single-band modes
+
+
+def _load_image(path: Path, size: tuple[int, int] | None, grayscale: bool | None) -> np.ndarray:
+    """``(C, H, W)`` uint8; ``grayscale=None`` keeps single-band images at one channel."""
     try:
         with Image.open(path) as im:
-            im = im.convert("L" if grayscale else "RGB")
+            gray = im.mode in GRAY_MODES if grayscale is None else grayscale
+            im = im.convert("L" if gray else "RGB")
             if size is not None and im.size != (size[1], size[0]):
                 im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)  # PIL sizes are (W, H)
             arr = np.asarray(im, dtype=np.uint8)
@@ -77,7 +83,7 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
 def read_image_folder(
     root: str | os.PathLike,
     size: int | tuple[int, int] | None = None,
-    grayscale: bool = False,
+    grayscale: bool | None = None,
     class_names: tuple[str, ...] | None = None,
     name: str | None = None,
 ) -> ImageDataset:
@@ -106,7 +112,7 @@ def read_image_folder(
             raise DataError(f"{d}: class folder has no images (.png, .jpg, .jpeg or .bmp)")
         for f in files:
             arr = _load_image(f, hw, grayscale)
-            if images and arr.shape != images[0].shape:
+            if images and arr.shape[1:] != images[0].shape[1:]:
                 raise DataError(
                     f"{f}: image is {arr.shape[1]}x{arr.shape[2]} but {first} is "
                     f"{images[0].shape[1]}x{images[0].shape[2]}; pass a size to resize them all"
@@ -115,6 +121,8 @@ def read_image_folder(
             images.append(arr)
             labels.append(label_of[d.name])
 
+    if grayscale is None and len({a.shape[0] for a in images}) > 1:  # some colour: all RGB, as Pillow converts
+        images = [np.repeat(a, 3, axis=0) if a.shape[0] == 1 else a for a in images]
     x = torch.from_numpy(np.stack(images))
     y = torch.tensor(labels, dtype=torch.int64)
     mean, std = channel_stats(x)

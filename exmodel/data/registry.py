@@ -130,7 +130,8 @@ def load_image_folder_splits(path: str | os.PathLike) -> DatasetSplits:
         if not (root / split).is_dir():
             raise DataError(f"{root}: image folder dataset needs train/ and test/ sub-folders ({split}/ is missing)")
     train = read_image_folder(root / "train", name=name)
-    test = read_image_folder(root / "test", class_names=train.class_names, name=name)
+    test = read_image_folder(root / "test", grayscale=train.input_shape[0] == 1, class_names=train.class_names,
+                             name=name)  # the test images take the train images' channels
     if test.input_shape != train.input_shape:
         raise DataError(f"{root / 'test'}: images are {test.input_shape}, train images are {train.input_shape}")
     test = ImageDataset(test.images, test.labels, train.class_names, name, train.mean, train.std)

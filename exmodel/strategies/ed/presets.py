@@ -1,13 +1,13 @@
-"""The Ex-Model Distillation presets: the paper's settings (``<x>_ed_paper``) and ours (``<x>_ed``),
-per knowledge source. ``ed.py`` registers one strategy per (source, preset); a config's ``params``
-update the preset's values."""
+"""The Ex-Model Distillation presets, each a typed :class:`EDParams` registered under its name: the
+paper's settings (``<x>_ed_paper``) and ours (``<x>_ed``), per knowledge source. A config's
+``params`` update the preset's values. Every value cites the paper or the measurement that chose it.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-# The knowledge source behind each preset family: mi_ed / mi_ed_paper invert the expert, and so on.
-SOURCES = {"mi": "model_inversion", "di": "data_impression", "aux": "auxiliary", "replay": "replay", "noise": "noise"}
+from exmodel.strategies.ed.params import EDParams
 
 # The paper (Sec. 3-5) fixes N = 5,000, SGD, MSE + λ_CE·CE, augmentation of synthetic images during
 # generation and distillation, and the priors of Sec. 4.1 (L2, blur, BN statistics); it leaves the
@@ -20,16 +20,19 @@ _PAPER_COMMON: dict[str, Any] = {"buffer_size": 5000, "iterations": 1000, "optim
 # the embedded test set). Data impression optimises pixels the same way with another target loss,
 # so it shares them.
 _PAPER_PIXELS: dict[str, Any] = {"steps": 200, "lr": 0.6, "w_bn": 1.0}
-PAPER: dict[str, dict[str, Any]] = {
+PRESETS: dict[str, EDParams] = {}
+PRESETS["mi_ed_paper"] = EDParams(
     # The paper inverts with CE(f(x)/τ) and does not give τ: 0.5 was chosen on the validation splits of
     # the three streams (41.4 against 38.6 % with τ = 1; docs/ed_tuning.md, "The paper presets").
-    "mi": {**_PAPER_COMMON, "source_params": {**_PAPER_PIXELS, "temperature": 0.5, "confidence": 0.99}},
+    source="model_inversion", **_PAPER_COMMON,
+    source_params={**_PAPER_PIXELS, "temperature": 0.5, "confidence": 0.99})
+PRESETS["di_ed_paper"] = EDParams(
     # Nayak et al. 2019 use a softmax temperature of 20 for the Dirichlet targets and β ∈ {1.0, 0.1}.
-    "di": {**_PAPER_COMMON, "source_params": {**_PAPER_PIXELS, "temperature": 20.0, "beta": 1.0}},
-    "aux": {**_PAPER_COMMON, "source_params": {"dataset": "fashion_mnist"}},
-    "replay": {**_PAPER_COMMON},
-    "noise": {**_PAPER_COMMON},
-}
+    source="data_impression", **_PAPER_COMMON,
+    source_params={**_PAPER_PIXELS, "temperature": 20.0, "beta": 1.0})
+PRESETS["aux_ed_paper"] = EDParams(source="auxiliary", **_PAPER_COMMON, source_params={"dataset": "fashion_mnist"})
+PRESETS["replay_ed_paper"] = EDParams(source="replay", **_PAPER_COMMON)
+PRESETS["noise_ed_paper"] = EDParams(source="noise", **_PAPER_COMMON)
 # Ours. Measured on the validation split of Split-MNIST (docs/ed_tuning.md; ablation in the README):
 # model inversion through a small conditional generator (``generative``: smooth, stroke-like images
 # instead of per-pixel noise) with BN-statistics matching and a within-class diversity term, labels
@@ -53,14 +56,14 @@ _OURS_JITTER: dict[str, Any] = {"jitter_morph": 0.5, "jitter_gamma": 0.7, "jitte
 # Not in the default: an ex-model without BatchNorm (``norm: auto``) with a cosine lr gained 2.3 points
 # on the validation splits of three NC streams but nothing on the test streams (82.4 against 82.6) and
 # lost 2.4 on Joint MNIST (95.5 against 98.1 on validation); see docs/ed_tuning.md.
-DEFAULT: dict[str, dict[str, Any]] = {
-    "mi": {**_OURS_COMMON, "source": "generative", "source_params": _OURS_GENERATOR, **_OURS_JITTER},
+PRESETS["mi_ed"] = EDParams(source="generative", **_OURS_COMMON, source_params=_OURS_GENERATOR, **_OURS_JITTER)
+PRESETS["di_ed"] = EDParams(
     # Data impression with the converged pixel optimiser of the paper preset (lr 0.6, 200 steps) and the
     # style jitter: 71.8 % on validation, against 55.7 % without the jitter.
-    "di": {**_OURS_COMMON, "source_params": {**_OURS_PRIORS, **_PAPER_PIXELS, "temperature": 20.0, "beta": 1.0},
-           **_OURS_JITTER},
+    source="data_impression", **_OURS_COMMON, **_OURS_JITTER,
+    source_params={**_OURS_PRIORS, **_PAPER_PIXELS, "temperature": 20.0, "beta": 1.0})
+PRESETS["aux_ed"] = EDParams(
     # Auxiliary data, class-balanced, with the style jitter: 28.2 % on validation against 23.0 % without.
-    "aux": {**_OURS_COMMON, "source_params": {"dataset": "fashion_mnist", "balance": True}, **_OURS_JITTER},
-    "replay": {**_OURS_COMMON},
-    "noise": {**_OURS_COMMON},
-}
+    source="auxiliary", **_OURS_COMMON, **_OURS_JITTER, source_params={"dataset": "fashion_mnist", "balance": True})
+PRESETS["replay_ed"] = EDParams(source="replay", **_OURS_COMMON)
+PRESETS["noise_ed"] = EDParams(source="noise", **_OURS_COMMON)

@@ -66,6 +66,13 @@ def masked_cross_entropy(logits: torch.Tensor, y: torch.Tensor, allowed: torch.T
     return ((1 - label_smoothing) * nll + label_smoothing * uniform).mean()
 
 
+def soft_labels(y: torch.Tensor, perm: torch.Tensor, lam: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Mixup's CE labels: class probabilities (B, K) ``lam·onehot(y) + (1 − lam)·onehot(y[perm])``."""
+    eye = torch.eye(num_classes, device=y.device)
+    lam = lam.view(-1, 1).to(eye.dtype)
+    return lam * eye[y] + (1 - lam) * eye[y[perm]]
+
+
 def mix_targets(target_a: torch.Tensor, target_b: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
     """Mixup of two (B, K) target rows with per-sample weights ``lam`` (B,): λ·a + (1 − λ)·b; a unit
     that has a target in only one of them keeps that one, and NaN where neither has one."""

@@ -7,81 +7,37 @@ The learner keeps one model and a fixed-size buffer. For each expert of the stre
 2. shrinks the old buffer, class-balanced, to N − ⌊N/i⌋ and adds the new samples;
 3. distils for a fixed number of SGD iterations on random (augmented) buffer mini-batches, with the
    targets of Eq. 6-9 (previous model for old classes, expert for its classes) and the loss of
-   Eq. 10-11 (MSE + λ_CE · CE); see ``ed_losses.py``.
+   Eq. 10-11 (MSE + λ_CE · CE); see ``losses.py``. The steps themselves are the one training loop's
+   (:mod:`exmodel.loop`); this class supplies the buffer batches and the loss.
 
 In multi-task (MT) streams it is the paper's multi-head variant: old heads from the previous model,
-the new head from the expert, every softmax restricted to the sample's task (``ed_multitask.py``).
+the new head from the expert, every softmax restricted to the sample's task (``multitask.py``).
 
 Between experts it keeps only the model and the buffer; the previous model used for the targets is a
 temporary copy. Each knowledge source is registered twice: ``<x>_ed_paper`` with the paper's settings
 as far as the paper and its reference-code README give them, and ``<x>_ed`` with our defaults
-(``ed_presets.py``).
+(``presets.py``).
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
-from pydantic import Field, create_model
+from pydantic import create_model
 
 from exmodel.errors import ExmodelError
-from exmodel.models.base import NORM_SWAPS
-from exmodel.strategies.base import Params, Step, Strategy, register_strategy
-from exmodel.strategies.buffer import Buffer, new_samples_per_step
-from exmodel.strategies.ed_losses import NORMALIZATIONS, ed_loss, ed_targets, mix_targets
-from exmodel.strategies.ed_multitask import take_expert_head, task_class_masks
-from exmodel.strategies.ed_presets import DEFAULT, PAPER, SOURCES
-from exmodel.strategies.ed_schedule import WeightEMA, mixup_inputs, soft_labels
+from exmodel.loop import Batch, LoopSettings, train_loop
+from exmodel.strategies.base import Params, Step, Strategy
+from exmodel.strategies.ed.buffer import Buffer, new_samples_per_step
+from exmodel.strategies.ed.losses import ed_loss, ed_targets, mix_targets, soft_labels
+from exmodel.strategies.ed.multitask import take_expert_head, task_class_masks
+from exmodel.strategies.ed.params import EDParams
 from exmodel.strategies.learner import Learner
 from exmodel.synthesis.base import fit_input
 from exmodel.synthesis.guide import Guide
 from exmodel.synthesis.priors import gaussian_blur3x3
-from exmodel.training import FitSettings, make_optimizer
-
-
-class EDParams(Params):
-    source: str | None = None  # the knowledge source; None: the preset's (e.g. model_inversion for mi_ed*)
-    source_params: dict[str, Any] = Field(default_factory=dict)  # the knowledge source's (updates the preset's)
-    buffer_size: int = Field(5000, ge=1)  # N; the paper uses 5,000 (Sec. 5)
-    iterations: int = Field(1000, ge=1)  # n_iter distillation steps per expert
-    batch_size: int = Field(128, ge=1)
-    optimizer: str = "sgd"
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    lambda_ce: float = 1.0  # λ_CE of Eq. 11
-    mse_weight: float = 1.0
-    label_smoothing: float = Field(0.0, ge=0, lt=1)  # ε of the CE term (ours; the paper uses hard labels)
-    normalize: str = "standardize"  # Eq. 6-7; see ed_losses.normalize_logits
-    augment: bool = True  # Sec. 4.1: synthetic images are augmented during distillation too
-    translate: float = 0.1
-    degrees: float = 10.0
-    hflip: bool = False
-    jitter_morph: float = Field(0.0, ge=0, le=1)  # style jitter in distillation: P(dilation or erosion)
-    jitter_gamma: float = Field(0.0, ge=0)  # ... log-range of a random gamma (with contrast stretch)
-    jitter_blur: float = Field(0.0, ge=0, le=1)  # ... P(3×3 Gaussian blur); see augment.StyleJitter
-    mixup: float = Field(0.0, ge=0)  # α of Beta(α, α) mixup of buffer images in distillation; 0: off (ed_schedule)
-    ema: float = Field(0.0, ge=0, lt=1)  # decay of an EMA of the student's weights within a step; 0: off
-    lr_schedule: str = "constant"  # or "cosine": the distillation lr decays to 0 over each step's iterations
-    fresh: bool = False  # generative / auxiliary sources: redraw the current expert's samples in every batch
-    smooth: int = Field(0, ge=0)  # passes of a 3×3 Gaussian blur on distillation inputs (hides pixel texture)
-    arch: str | None = None  # the ex-model's architecture; default: the first expert's
-    arch_kwargs: dict[str, Any] = Field(default_factory=dict)
-    # The ex-model's BatchNorm layers: None as its architecture has them, "batch" keeps them, "layer"
-    # makes them per-sample, "none" drops them (BN running statistics learnt on synthetic images misjudge
-    # real ones; see models.base.replace_batchnorm). "auto": "none", except on multi-task streams with
-    # expert_head, where the ex-model starts as the first expert (real-data statistics) and keeps them.
-    norm: str | None = None
-    quantize_buffer: bool = True  # keep the buffer as uint8 images (4× smaller than float32)
-    expert_head: bool = True  # MT streams: the new task's head (and, first, the network) from the expert
-    # Held-out synthetic samples per expert for the agreement report of ``consolidate`` (drawn with the
-    # source's ``redraw`` after the buffer's samples, never trained on); 0: none (``exmodel run``).
-    check_samples: int = Field(0, ge=0)
-
-
-LR_SCHEDULES = ("constant", "cosine")
 
 
 class ExModelDistillation(Strategy):
@@ -93,12 +49,6 @@ class ExModelDistillation(Strategy):
         from exmodel.synthesis import build_source
 
         p = self.params
-        if p.normalize not in NORMALIZATIONS:
-            raise ExmodelError(f"{self.type_name}: normalize must be one of {', '.join(NORMALIZATIONS)}")
-        if p.norm is not None and p.norm not in (*NORM_SWAPS, "auto"):
-            raise ExmodelError(f"{self.type_name}: norm must be one of {', '.join(NORM_SWAPS)}, auto")
-        if p.lr_schedule not in LR_SCHEDULES:
-            raise ExmodelError(f"{self.type_name}: lr_schedule must be one of {', '.join(LR_SCHEDULES)}")
         if p.mixup and self.info.kind == "mt":
             raise ExmodelError(f"{self.type_name}: mixup mixes tasks; it is not available on multi-task streams")
         self.class_masks = None  # MT: (K, K) each class's task classes; see ed_multitask
@@ -120,6 +70,7 @@ class ExModelDistillation(Strategy):
         self.model: Learner | None = None
         self.seen = torch.zeros(self.info.num_classes, dtype=torch.bool)
         self.checks: list[tuple[torch.Tensor, torch.Tensor, bool]] = []  # per expert; see agreement_samples
+        self.loss_log: dict[int, dict[str, float]] = {}  # step -> each loss term's mean over its distillation
         self.augment = None
         if p.augment:
             from exmodel.synthesis.augment import make_augmentation
@@ -175,57 +126,41 @@ class ExModelDistillation(Strategy):
         self.seen |= expert_classes
 
     def _distill(self, expert, prev, prev_classes, expert_classes, progress, index, n_new) -> None:
+        """Algorithm 1's inner loop: ``iterations`` steps on random buffer mini-batches, Eq. 6-11."""
         p = self.params
-        model = self.model.train()
-        opt = make_optimizer(model.parameters(), FitSettings(lr=p.lr, optimizer=p.optimizer, momentum=p.momentum,
-                                                             weight_decay=p.weight_decay))
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, p.iterations) if p.lr_schedule == "cosine" else None
-        ema = WeightEMA(model, p.ema) if p.ema else None
-        task = progress.add(f"{self.type_name} distil step {index}", total=p.iterations) if progress else None
         prev_classes, expert_classes = prev_classes.to(self.device), expert_classes.to(self.device)
         n = len(self.buffer)
-        for _ in range(p.iterations):
+
+        def draw() -> Batch:
             idx = torch.randint(n, (min(p.batch_size, n),), generator=self.generator)
             x = self.buffer.float_images(idx).to(self.device)
             y = self.buffer.labels[idx].to(self.device)
             if p.fresh:
                 x, y = self._redraw(x, y, idx >= n - n_new)
-            if self.augment is not None:
-                with torch.no_grad():
-                    x = self.augment(x)
-            if self.jitter is not None:
-                x = self.jitter(x)
-            mixed = mixup_inputs(x, p.mixup, self.generator) if p.mixup else None
-            if mixed is not None:
-                x = mixed[0]
+            return Batch(x, y)
+
+        def loss(model, batch: Batch) -> dict[str, torch.Tensor]:
+            x, y = batch.x, batch.y
             with torch.no_grad():
                 t_exp = expert.global_logits(fit_input(x, expert.card.input_shape), fill=float("nan"))
                 t_prev = prev(self._front(x)) if prev is not None else None
                 allowed = self.class_masks[y] if self.class_masks is not None else None
                 target = ed_targets(t_prev, t_exp, y, prev_classes, expert_classes, p.normalize, allowed)
                 label = y
-                if mixed is not None:
-                    _, perm, lam = mixed
-                    y_b = y[perm]
-                    target = mix_targets(target, ed_targets(t_prev, t_exp, y_b, prev_classes, expert_classes,
+                if batch.mix is not None:
+                    perm, lam = batch.mix.perm, batch.mix.lam
+                    target = mix_targets(target, ed_targets(t_prev, t_exp, y[perm], prev_classes, expert_classes,
                                                             p.normalize), lam)
                     label = soft_labels(y, perm, lam, self.info.num_classes)
-            loss, _, _ = ed_loss(model(self._front(x)), target, label, p.lambda_ce, p.mse_weight, p.label_smoothing,
-                                 allowed)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if sched is not None:
-                sched.step()
-            if ema is not None:
-                ema.update(model)
-            if task is not None:
-                progress.advance(task)
-        if ema is not None:
-            ema.copy_to(model)
-        if task is not None:
-            progress.remove(task)
-        model.eval()
+            _, mse, ce = ed_loss(model(self._front(x)), target, label, p.lambda_ce, p.mse_weight,
+                                 p.label_smoothing, allowed)
+            return {"mse": p.mse_weight * mse, "ce": p.lambda_ce * ce}
+
+        settings = LoopSettings(iterations=p.iterations, optimizer=p.optimizer, lr=p.lr, momentum=p.momentum,
+                                weight_decay=p.weight_decay, lr_schedule=p.lr_schedule, ema=p.ema, mixup=p.mixup)
+        self.loss_log[index] = train_loop(self.model, draw, loss, settings, self.generator, augment=self.augment,
+                                          jitter=self.jitter, progress=progress,
+                                          description=f"{self.type_name} distil step {index}").means()
 
     def _keep_checks(self, expert, x: torch.Tensor, y: torch.Tensor) -> None:
         """Held-out samples of this expert (fresh draws where the source can redraw, else its buffer
@@ -275,30 +210,25 @@ class ExModelDistillation(Strategy):
         return {"model": self.model, "buffer_images": self.buffer.images, "buffer_labels": self.buffer.labels}
 
 
-def _preset_params(name: str, preset: dict[str, Any]) -> type[Params]:
-    # Each preset value replaces only the default: the field keeps its bounds (ge/le) and type.
+def _preset_params(name: str, preset: EDParams) -> type[Params]:
+    """``EDParams`` with the preset's values as defaults; each field keeps its bounds and type."""
     fields = {}
-    for k, v in preset.items():
+    for k in preset.model_fields_set:
         info = copy.deepcopy(EDParams.model_fields[k])
-        info.default, info.default_factory = copy.deepcopy(v), None
+        info.default, info.default_factory = copy.deepcopy(getattr(preset, k)), None
         fields[k] = (info.annotation, info)
     return create_model(f"{name}_params", __base__=EDParams, **fields)
 
 
-def _register_all() -> None:
+def strategy_for_preset(name: str, preset: EDParams) -> type[ExModelDistillation]:
+    """The ED strategy class of one preset: its parameters default to the preset's, and what it
+    consumes (experts, or data too for ``replay``) follows the preset's knowledge source."""
     from exmodel.synthesis import source_class
 
-    for short, source in SOURCES.items():
-        for suffix, presets in (("_paper", PAPER), ("", DEFAULT)):
-            name = f"{short}_ed{suffix}"
-            src = source_class(source)
-            cls = type(name, (ExModelDistillation,), {
-                "source_name": source, "ex_model": src.ex_model,
-                "consumes": frozenset({"expert", "data"} if src.needs_data else {"expert"}),
-                "Params": _preset_params(name, presets[short]),
-                "__doc__": f"Ex-Model Distillation with the '{source}' knowledge source ({suffix[1:] or 'default'} settings).",
-            })
-            register_strategy(name)(cls)
-
-
-_register_all()
+    src = source_class(preset.source)
+    return type(name, (ExModelDistillation,), {
+        "source_name": preset.source, "ex_model": src.ex_model,
+        "consumes": frozenset({"expert", "data"} if src.needs_data else {"expert"}),
+        "Params": _preset_params(name, preset),
+        "__doc__": f"Ex-Model Distillation, preset '{name}' (knowledge source '{preset.source}').",
+    })
