@@ -71,7 +71,7 @@ def budget_params(params: dict[str, Any] | None, *, iterations: int | None = Non
                   strategy: str = "mi_ed") -> dict[str, Any]:
     """ED parameters with the budget options applied: ``budget`` scales the preset's distillation
     iterations and generator/optimisation steps (0.5: half the time), the other two set them."""
-    from exmodel.strategies.base import strategy_class
+    from exmodel.strategies.ed import preset_params
 
     out = dict(params or {})
     if strategy == "pool":
@@ -86,7 +86,7 @@ def budget_params(params: dict[str, Any] | None, *, iterations: int | None = Non
         if iterations is not None:
             out["iterations"] = iterations
         return out
-    preset = strategy_class(strategy).Params()
+    preset = preset_params(strategy)
     source_params = {**preset.source_params, **out.get("source_params", {})}
     if budget is not None:
         if not budget > 0:
@@ -163,16 +163,12 @@ def consolidate(experts: Sequence[Expert | str | Path], out: str | Path | None =
         learner, settings, samples = _distill_stream(experts, info, source, arch, kwargs, params, seed, device,
                                                      progress)
     seen = sorted({c for card in cards for c in card.trained_class_ids})
-    card = ExpertCard(
-        name=Path(out).name if out is not None else "consolidated", arch=arch,
-        arch_kwargs=dict(learner.net.arch_kwargs), class_ids=list(range(k)), class_names=class_names,
-        trained_class_ids=seen, num_global_classes=k, task_id=None, input_shape=shape,
-        normalization={"mean": learner.mean.flatten().tolist(), "std": learner.std.flatten().tolist()},
+    result = learner.as_expert(
+        seen, class_names=class_names, name=Path(out).name if out is not None else "consolidated",
         training={"method": SOURCES[source], "seed": seed, "experts": [c.name for c in cards],
                   "expert_sha256": [c.weights_sha256 for c in cards], **settings},
-        library_version=__version__, created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    )
-    result = Expert(card, learner.net)
+        library_version=__version__, created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    card = result.card
     what = "pool" if source == "pool" else "synthetic"
     report, warned = expert_agreement(result, cards, samples, min_agreement, what)
     card.training["agreement"], card.training["warnings"] = report, warned
