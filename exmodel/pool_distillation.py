@@ -51,6 +51,7 @@ from exmodel.errors import ConfigError
 from exmodel.loop import Batch, LoopSettings, train_loop
 from exmodel.experts.expert import Expert
 from exmodel.params import validate_params
+from exmodel.rng import seeded
 from exmodel.strategies.base import Params, StreamInfo
 from exmodel.strategies.learner import Learner
 from exmodel.synthesis.augment import heavy_pen, make_augmentation
@@ -143,20 +144,20 @@ def pool_distill(experts: Sequence[Expert], info: StreamInfo, arch: str, arch_kw
     n_check = max(1, int(round(p.check_fraction * len(x01))))
     check, train = order[:n_check], order[n_check:]
     temperatures = None if p.calibrate is None else calibration_temperatures(experts, x01[train], p.calibrate)
-    torch.manual_seed(seed)  # the learner's initialization and kornia's draws
-    learner = Learner(info, arch, arch_kwargs).to(device)
+    with seeded(seed):  # the learner's initialization and kornia's draws
+        learner = Learner(info, arch, arch_kwargs).to(device)
 
-    def draw() -> Batch:
-        batch = x01[train[torch.randint(len(train), (p.batch_size,), generator=generator)]]
-        return Batch(heavy_pen(batch, p.heavy_pen, generator).to(device))
+        def draw() -> Batch:
+            batch = x01[train[torch.randint(len(train), (p.batch_size,), generator=generator)]]
+            return Batch(heavy_pen(batch, p.heavy_pen, generator).to(device))
 
-    def loss(model, batch: Batch) -> dict[str, torch.Tensor]:  # the owners label the augmented images
-        targets, _ = owner_targets(experts, batch.x.cpu(), info.num_classes, temperatures=temperatures)
-        return {"kl": F.kl_div(F.log_softmax(model(batch.x), 1), targets.to(device), reduction="batchmean")}
+        def loss(model, batch: Batch) -> dict[str, torch.Tensor]:  # the owners label the augmented images
+            targets, _ = owner_targets(experts, batch.x.cpu(), info.num_classes, temperatures=temperatures)
+            return {"kl": F.kl_div(F.log_softmax(model(batch.x), 1), targets.to(device), reduction="batchmean")}
 
-    train_loop(learner, draw, loss, LoopSettings(iterations=p.iterations, optimizer="adam", lr=p.lr), generator,
-               augment=make_augmentation(translate=p.translate, degrees=p.degrees).to(device), progress=progress,
-               description="distilling on the pool")
+        train_loop(learner, draw, loss, LoopSettings(iterations=p.iterations, optimizer="adam", lr=p.lr), generator,
+                   augment=make_augmentation(translate=p.translate, degrees=p.degrees).to(device), progress=progress,
+                   description="distilling on the pool")
     # agreement is checked where the owner is sure (letters and other ambiguous glyphs carry an
     # expert's guess, which no model is expected to reproduce)
     held = x01[check]

@@ -59,7 +59,6 @@ def run_cell(cfg: RunConfig, strategy_name: str, stream: Stream, experts: list, 
              data_dir=None, progress: Progress | None = None, log=None) -> dict:
     """Run one strategy over one stream; returns the cell record (plain JSON types)."""
     scfg = next(s for s in cfg.strategies if s.name == strategy_name)
-    torch.manual_seed(seed)
     strategy = build_strategy(scfg.strategy_type, scfg.params, stream_info(stream, data_dir), seed, cfg.device)
     T = len(stream)
     test_sets = [(e.test, e.task_id) for e in stream]

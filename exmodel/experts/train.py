@@ -18,6 +18,7 @@ from exmodel.experts.card import ExpertCard
 from exmodel.experts.expert import Expert
 from exmodel.models import build_model
 from exmodel.progress import Progress
+from exmodel.rng import seeded
 from exmodel.scenarios import Experience, Stream
 from exmodel.training import FitSettings, fit, predict_logits
 
@@ -40,8 +41,8 @@ def train_expert(stream: Stream, experience: Experience, config: ExpertConfig, s
     class_ids = expert_output_classes(stream, experience, config.head)
     c, h, _ = stream.input_shape
     arch_kwargs = {"in_channels": c, "input_size": h, **config.arch_kwargs, "num_classes": len(class_ids)}
-    torch.manual_seed(seed if init_seed is None else init_seed)
-    net = build_model(config.arch, **arch_kwargs)
+    with seeded(seed if init_seed is None else init_seed):
+        net = build_model(config.arch, **arch_kwargs)
     settings = FitSettings(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
                            optimizer=config.optimizer, momentum=config.momentum, weight_decay=config.weight_decay)
     card = ExpertCard(

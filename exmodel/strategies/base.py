@@ -14,6 +14,7 @@ defaults, decorate with ``@register_strategy("name")``, and add it to ``exmodel/
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -25,6 +26,7 @@ from exmodel.data.types import ImageDataset
 from exmodel.experts.expert import Expert
 from exmodel.params import validate_params
 from exmodel.registry import Registry
+from exmodel.rng import PrivateRNG
 
 
 class Params(BaseModel):
@@ -64,6 +66,8 @@ class Strategy(ABC):
         super().__init_subclass__(**kwargs)
         if not cls.consumes <= INPUTS:
             raise TypeError(f"{cls.__name__}.consumes lists {sorted(cls.consumes - INPUTS)}, not among {sorted(INPUTS)}")
+        if "observe" in cls.__dict__:  # every step draws its global-RNG numbers from the strategy's own stream
+            cls.observe = _with_private_rng(cls.__dict__["observe"])
 
     @property
     def uses_data(self) -> bool:
@@ -73,6 +77,11 @@ class Strategy(ABC):
     def __init__(self, info: StreamInfo, params: Params, seed: int, device: str = "cpu") -> None:
         self.info, self.params, self.seed, self.device = info, params, seed, device
         self.generator = torch.Generator().manual_seed(seed)
+        # Weight initialisation and kornia draw from torch's global generator. Inside ``observe``
+        # they draw from this stream, seeded with ``seed`` and kept between steps: the same seed
+        # gives the same model whatever ran before or between the steps, and the caller's global
+        # state is left alone.
+        self.global_rng = PrivateRNG(seed)
 
     @abstractmethod
     def observe(self, step: Step, expert: Expert | None, data: ImageDataset | None, progress=None) -> None:
@@ -92,6 +101,14 @@ class Strategy(ABC):
         for t, cls in enumerate(self.info.task_classes):
             mask[t, list(cls)] = True
         return scores.masked_fill(~mask[task_ids.cpu()].to(scores.device), float("-inf"))
+
+
+def _with_private_rng(observe):
+    @functools.wraps(observe)
+    def wrapped(self, *args, **kwargs):
+        with self.global_rng.scope():
+            return observe(self, *args, **kwargs)
+    return wrapped
 
 
 _REGISTRY: Registry[type[Strategy]] = Registry("strategy")

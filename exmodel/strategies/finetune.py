@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
+from exmodel.rng import seeded
 from exmodel.strategies.base import Params, Step, Strategy, register_strategy
 from exmodel.strategies.learner import Learner
 from exmodel.training import FitSettings, fit
@@ -31,8 +32,8 @@ class Finetune(Strategy):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        torch.manual_seed(self.seed)
-        self.model = Learner(self.info, self.params.arch, self.params.arch_kwargs).to(self.device)
+        with seeded(self.seed):
+            self.model = Learner(self.info, self.params.arch, self.params.arch_kwargs).to(self.device)
 
     def settings(self) -> FitSettings:
         p = self.params

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from exmodel.data.types import ImageDataset
+from exmodel.rng import seeded
 from exmodel.strategies.base import Step, register_strategy
 from exmodel.strategies.finetune import Finetune, FinetuneParams
 from exmodel.strategies.learner import Learner
@@ -32,8 +33,8 @@ class Joint(Finetune):
 
     def observe(self, step: Step, expert, data, progress=None) -> None:
         self.seen.append(data)
-        torch.manual_seed(self.seed + step.index)
-        self.model = Learner(self.info, self.params.arch, self.params.arch_kwargs).to(self.device)
+        with seeded(self.seed + step.index):
+            self.model = Learner(self.info, self.params.arch, self.params.arch_kwargs).to(self.device)
         fit(self.model, concat(self.seen), self.settings(), self.generator, device=self.device, progress=progress,
             description=f"joint step {step.index}")
 

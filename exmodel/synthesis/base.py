@@ -42,6 +42,7 @@ from exmodel.experts.expert import Expert
 from exmodel.params import validate_params
 from exmodel.progress import Progress
 from exmodel.registry import Registry
+from exmodel.rng import seeded
 
 
 class SourceParams(BaseModel):
@@ -168,10 +169,7 @@ def seeded_global_rng(generator: torch.Generator, device: torch.device | str = "
     """Inside the block torch's global RNG (CPU, and ``device`` if it is a GPU) is seeded from
     ``generator``; outside it is untouched. kornia's augmentation and Dirichlet sampling use the
     global RNG; this makes them reproducible without disturbing the caller's random state."""
-    device = torch.device(device)
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices, device_type=device.type if devices else "cuda"):
-        torch.manual_seed(draw_seed(generator))
+    with seeded(draw_seed(generator), device):
         yield
 
 

@@ -88,8 +88,7 @@ class ExModelDistillation(Strategy):
         if self.params.arch is None:  # the expert's architecture (and options), over the whole label space
             inherited = {k: v for k, v in expert.card.arch_kwargs.items() if k not in ("num_classes", "heads")}
             kwargs = {**inherited, **kwargs}
-        torch.manual_seed(self.seed)
-        info = self.info
+        info = self.info  # the weights draw from the strategy's own stream (observe runs in it)
         inputs = expert.card.normalization  # the ex-model sees inputs like the first expert does
         info = type(info)(**{**info.__dict__, "mean": tuple(inputs.mean), "std": tuple(inputs.std)})
         norm = self.params.norm
