@@ -142,7 +142,8 @@ def _consolidate_help() -> str:
 
     return ("Distil experts (bundles, in stream order) into one model of the chosen architecture, without their "
             f"data.\n\nArchitectures (--arch): {', '.join(list_models())}.\n\nKnowledge sources (--source): "
-            f"{', '.join(SOURCES)} (inversion: our generator inversion, which matches BatchNorm statistics for "
+            f"auto, {', '.join(SOURCES)} (auto, the default: pool when some expert has no BatchNorm statistics and all "
+            "take one-channel images, else inversion; inversion: our generator inversion, which matches BatchNorm statistics for "
             "experts that have them and uses a prior that needs none for those that do not; pool: all experts "
             "label one auxiliary pool, printed characters drawn on the fly by default (--set pool=NAME for "
             "another), and each image is learnt from the expert most sure of it).\n\nBudget: "
@@ -162,7 +163,8 @@ class _LazyHelp(TyperCommand):
 @app.command(cls=_LazyHelp)
 def consolidate(bundles: list[Path] = typer.Argument(..., help="Expert bundles, in stream order."),
                 out: Path = typer.Option(..., "-o", "--out", help="Bundle folder to write the consolidated model to."),
-                source: str = typer.Option("inversion", "--source", help="inversion | impression | auxiliary | noise"),
+                source: str = typer.Option("auto", "--source", help="auto | inversion | pool | impression | auxiliary | "
+                                                                   "noise (auto: from what the experts contain)"),
                 arch: str = typer.Option("lenet_bn", "--arch", help="Architecture of the consolidated model."),
                 budget: Optional[float] = typer.Option(None, "--budget", help="Scale iterations and generator steps, "
                                                        "e.g. 0.5 for half the time."),
@@ -180,16 +182,30 @@ def consolidate(bundles: list[Path] = typer.Argument(..., help="Expert bundles, 
                 overrides: list[str] = typer.Option([], "--set", help="ED parameter: key=value (e.g. buffer_size=1000)."),
                 ) -> None:
     from exmodel.config import parse_overrides
-    from exmodel.consolidation import SOURCES, budget_params
+    from exmodel.consolidation import AUTO, SOURCES, budget_params, choose_source
     from exmodel.consolidation import consolidate as run_consolidate
 
-    if source not in SOURCES:
-        raise ExmodelError(f"unknown source '{source}'; available: {', '.join(SOURCES)}")
+    if source != AUTO and source not in SOURCES:
+        raise ExmodelError(f"unknown source '{source}'; available: {', '.join([AUTO, *SOURCES])}")
     from exmodel.devices import check_device
 
     check_device(device)
-    params = budget_params(dict(parse_overrides(overrides)), iterations=iterations, generator_steps=generator_steps,
-                           budget=budget, strategy=SOURCES[source])
+    if source == AUTO:  # the budget options depend on the method, so the experts are read first
+        from exmodel.experts.bundle import check_target, load_bundle
+
+        check_target(out)  # an existing non-bundle is refused before any work
+        bundles = [load_bundle(b) for b in bundles]
+        source, reason = choose_source(bundles)
+        out_console.print(f"source: {source} ({reason})", markup=False, highlight=False)
+    else:
+        reason = None
+    try:
+        params = budget_params(dict(parse_overrides(overrides)), iterations=iterations,
+                               generator_steps=generator_steps, budget=budget, strategy=SOURCES[source])
+    except ExmodelError as err:
+        if reason is None:
+            raise
+        raise type(err)(f"{err}; source '{source}' was chosen because {reason} (pass --source to choose)") from None
     import warnings
 
     with _progress() as progress, warnings.catch_warnings():

@@ -81,7 +81,7 @@ def run_cell(cfg: RunConfig, strategy_name: str, stream: Stream, experts: list, 
             if log:
                 log("step_done", strategy=strategy_name, seed=seed, step=exp.index,
                     accuracy=agnostic.matrix[exp.index].tolist(),
-                    state_bytes=step_bytes[-1])
+                    state_bytes=step_bytes[-1], loss=strategy.loss_log.get(exp.index))
             if task is not None:
                 progress.advance(task)
     if task is not None:
@@ -93,6 +93,7 @@ def run_cell(cfg: RunConfig, strategy_name: str, stream: Stream, experts: list, 
     macs = count_macs(_PredictModule(strategy), (x, torch.zeros(1, dtype=torch.long, device=cfg.device)))
     return {
         "strategy": strategy_name, "type": scfg.strategy_type, "seed": seed, "ex_model": strategy.ex_model,
+        "exemplar_free": strategy.exemplar_free,
         # Multi-task streams give the task label at test time: their headline numbers are task-aware.
         "accuracy_matrix": R_main.tolist(), "task_aware_accuracy_matrix": R_aware.tolist(),
         "task_agnostic_accuracy_matrix": R.tolist(),

@@ -155,3 +155,30 @@ def test_the_loop_augments_then_mixes_before_the_loss_sees_the_batch():
     assert torch.equal(mix.perm, want.perm) and torch.equal(mix.lam, want.lam)
     torch.testing.assert_close(got.view(-1), mix.lam * (x.view(-1) + 10) + (1 - mix.lam) * (x.view(-1) + 10)[mix.perm])
     assert LossLog().means() == {}
+
+
+def test_ed_logs_each_term_of_its_loss_per_step(monkeypatch):
+    from exmodel.experts.card import ExpertCard
+    from exmodel.experts.expert import Expert
+    from exmodel.models import build_model
+    from exmodel.strategies import Step, StreamInfo, build_strategy
+
+    info = StreamInfo("nc", 4, (1, 8, 8), (0.5,), (0.5,), ((0, 1), (2, 3)), 2)
+    net = build_model("mlp", num_classes=4, in_channels=1, input_size=8, hidden=[4])
+    card = ExpertCard(name="e", arch="mlp", arch_kwargs=dict(net.arch_kwargs), class_ids=[0, 1, 2, 3],
+                      class_names=list("0123"), trained_class_ids=[0, 1], num_global_classes=4, input_shape=(1, 8, 8),
+                      normalization={"mean": [0.5], "std": [0.5]})
+    logs = []
+    real = train_loop
+
+    def spy(*args, **kwargs):
+        logs.append(real(*args, **kwargs))
+        return logs[-1]
+
+    monkeypatch.setattr("exmodel.strategies.ed.strategy.train_loop", spy)
+    s = build_strategy("noise_ed", {"iterations": 3, "buffer_size": 8, "batch_size": 4, "arch": "mlp",
+                                    "arch_kwargs": {"hidden": [4]}, "lambda_ce": 2.0}, info, 0)
+    s.observe(Step(0, 0, (0, 1)), Expert(card, net).eval(), None)
+    assert set(s.loss_log) == {0} and set(s.loss_log[0]) == {"mse", "ce"}
+    assert len(logs[0].terms["ce"]) == 3 and s.loss_log[0] == logs[0].means()
+    assert all(v > 0 for v in s.loss_log[0].values())

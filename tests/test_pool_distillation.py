@@ -198,3 +198,34 @@ def test_an_expert_without_samples_to_check_is_warned_about_not_scored():
     assert report[0]["agreement"] == 1.0 and report[0]["kind"] == "pool" and report[1]["agreement"] is None
     assert warned == ["expert 'a' (classes [0, 1]) has no pool samples to check its share of the consolidated model "
                       "against"]
+
+
+def test_auto_source_follows_what_the_experts_contain():
+    from exmodel.consolidation import choose_source
+
+    mlp, cnn = _mnist_like("mlp", [0, 1, 2, 3, 4], 0, "mlp"), _mnist_like("cnn", [5, 6, 7, 8, 9], 1, "lenet_bn")
+    assert choose_source([cnn, cnn])[0] == "inversion"
+    source, reason = choose_source([mlp, cnn])
+    assert source == "pool" and "'mlp'" in reason and "'cnn'" not in reason
+    torch.manual_seed(0)
+    rgb = build_model("mlp", num_classes=2, in_channels=3, input_size=8, hidden=[4])
+    card = ExpertCard(name="rgb", arch="mlp", arch_kwargs=dict(rgb.arch_kwargs), class_ids=[0, 1], class_names=["a", "b"],
+                      trained_class_ids=[0, 1], num_global_classes=2, input_shape=(3, 8, 8),
+                      normalization={"mean": [0.5] * 3, "std": [0.5] * 3})
+    source, reason = choose_source([Expert(card, rgb)])
+    assert source == "inversion" and "one-channel experts only" in reason
+
+
+def test_consolidate_by_default_chooses_and_records_the_source(small_glyphs):
+    experts = [_mnist_like("mlp", [0, 1, 2, 3, 4], 0, "mlp"), _mnist_like("cnn", [5, 6, 7, 8, 9], 1, "lenet_bn")]
+    with pytest.warns(UserWarning):
+        merged = consolidate(experts, arch="mlp", arch_kwargs={"hidden": [8]}, params={"iterations": 2, "batch_size": 8},
+                             min_agreement=1.01)
+    training = merged.card.training
+    assert training["method"] == "pool" and training["source"] == "pool"
+    assert "'mlp' have no BatchNorm statistics" in training["source_choice"]
+    with pytest.raises(ExmodelError, match="unknown source 'pol'; available: auto, inversion"):
+        consolidate(experts, source="pol")
+    with pytest.raises(ExmodelError, match=r"unknown param 'buffer_size'.* \(source 'pool' was chosen because "
+                                           r"expert\(s\) 'mlp' have no BatchNorm"):
+        consolidate(experts, params={"buffer_size": 10})

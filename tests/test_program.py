@@ -200,7 +200,8 @@ def test_python_api_from_module_and_consolidate_warns_when_an_expert_is_lost(out
     assert exmodel.evaluate(b, "mnist")["accuracy"] == pytest.approx(by_hand, abs=1e-6)  # its own digits
     tiny = {"iterations": 1, "buffer_size": 40, "batch_size": 8, "source_params": {"steps": 2, "batch_size": 8}}
     with pytest.warns(exmodel.ExpertNotAbsorbed, match="was not absorbed"):
-        model = exmodel.consolidate([a, b], arch="mlp", arch_kwargs={"hidden": [16]}, params=tiny)
+        model = exmodel.consolidate([a, b], arch="mlp", arch_kwargs={"hidden": [16]}, params=tiny,
+                                    source="inversion")
     rows = model.card.training["agreement"]
     assert [r["expert"] for r in rows] == ["mlp", "cnn"] and all(r["held_out"] for r in rows)
     assert model.card.training["warnings"] and all(0 <= r["agreement"] <= 1 for r in rows)
@@ -213,7 +214,7 @@ def test_cli_import_then_consolidate_prints_agreement_and_warning(outside, tmp_p
                      "--mean", mean, "--std", std, "-o", str(tmp_path / name)]) == 0
     capsys.readouterr()
     code = main(["consolidate", str(tmp_path / "mlp"), str(tmp_path / "cnn"), "--arch", "mlp", "--quiet",
-                 "-o", str(tmp_path / "merged"), "--iterations", "1", "--generator-steps", "2",
+                 "-o", str(tmp_path / "merged"), "--source", "inversion", "--iterations", "1", "--generator-steps", "2",
                  "--set", "buffer_size=40", "--set", "batch_size=8", "--set", "arch_kwargs={hidden: [8]}"])
     out, err = capsys.readouterr()
     assert code == 0, err
@@ -222,6 +223,14 @@ def test_cli_import_then_consolidate_prints_agreement_and_warning(outside, tmp_p
     card = load_bundle(tmp_path / "merged").card
     assert card.training["warnings"] and card.training["iterations"] == 1
     assert card.training["source_params"]["steps"] == 2
+    # by default the source is chosen from the experts: the MLP has no BatchNorm, so the pool, which
+    # trains no generator
+    code = main(["consolidate", str(tmp_path / "mlp"), str(tmp_path / "cnn"), "-o", str(tmp_path / "m2"),
+                 "--generator-steps", "2"])
+    out, err = capsys.readouterr()
+    assert code == 2 and "source: pool (expert(s) 'mlp' have no BatchNorm statistics" in out
+    assert "--generator-steps does not apply to --source pool (it trains no generator)" in err
+    assert "source 'pool' was chosen because expert(s) 'mlp' have no BatchNorm" in err and not (tmp_path / "m2").exists()
 
 
 def test_cli_and_python_api_give_the_same_model(outside, tmp_path):
@@ -229,7 +238,7 @@ def test_cli_and_python_api_give_the_same_model(outside, tmp_path):
         assert main(["-q", "import", str(outside / f"{name}.pt2"), "--classes", classes, "--dataset", "mnist",
                      "--mean", mean, "--std", std, "-o", str(tmp_path / name)]) == 0
     assert main(["-q", "consolidate", str(tmp_path / "mlp"), str(tmp_path / "cnn"), "--arch", "mlp", "--seed", "3",
-                 "-o", str(tmp_path / "cli"), "--iterations", "3", "--generator-steps", "3",
+                 "-o", str(tmp_path / "cli"), "--source", "inversion", "--iterations", "3", "--generator-steps", "3",
                  "--set", "buffer_size=60", "--set", "batch_size=16", "--set", "arch_kwargs={hidden: [8]}"]) == 0
     experts = [exmodel.Expert.from_file(outside / "mlp.pt2", classes=range(5), normalization=(0.5, 0.5),
                                         dataset="mnist", name="mlp"),
@@ -240,7 +249,7 @@ def test_cli_and_python_api_give_the_same_model(outside, tmp_path):
     params = budget_params({"buffer_size": 60, "batch_size": 16}, iterations=3, generator_steps=3)
     with pytest.warns(exmodel.ExpertNotAbsorbed):
         api = exmodel.consolidate(experts, tmp_path / "api", arch="mlp", arch_kwargs={"hidden": [8]}, params=params,
-                                  seed=3)
+                                  seed=3, source="inversion")
     cli = load_bundle(tmp_path / "cli")
     assert api.card.weights_sha256 == cli.card.weights_sha256
     assert api.card.training["agreement"] == cli.card.training["agreement"]

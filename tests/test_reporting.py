@@ -80,6 +80,7 @@ def make_results(scenario: str = "split_mnist_nc", kind: str = "nc") -> dict[str
         "strategies": {
             "oracle": {
                 "ex_model": False,
+                "exemplar_free": True,
                 "stream_accuracy": stat(0.99, 0.01, [0.98, 1.0]),
                 "task_aware_stream_accuracy": None,
                 "average_accuracy": stat(0.9512, 0.0049, [0.9477, 0.9547]),
@@ -93,6 +94,7 @@ def make_results(scenario: str = "split_mnist_nc", kind: str = "nc") -> dict[str
             },
             "ed": {
                 "ex_model": True,
+                "exemplar_free": True,
                 "stream_accuracy": stat(0.4323, 0.03, [0.4111, 0.4535]),
                 "task_aware_stream_accuracy": stat(0.9, 0.0, [0.9, None]),
                 "average_accuracy": stat(0.6, 0.1, [0.53, 0.67]),
@@ -139,11 +141,11 @@ def test_markdown_table_rows_and_header() -> None:
     assert lines[0] == "### split_mnist — scenario split_mnist_nc (nc), dataset mnist (embedded data), seeds 0, 1"
     assert "Experts' accuracy on their own classes: 99.12 ± 0.10" in lines
     assert (
-        "| Strategy | Ex-model | Stream acc. (%) | Task-aware (%) | Avg. acc. (%) | Forgetting (%) | Paper (%) "
+        "| Strategy | Ex-model | Exemplar-free | Stream acc. (%) | Task-aware (%) | Avg. acc. (%) | Forgetting (%) | Paper (%) "
         "| Time (s) | MACs/sample | Peak mem. + | State kept |" in lines
     )
-    assert "| oracle | ✗ | 99.00 ± 1.00 | – | 95.12 ± 0.49 | 0.00 ± 0.00 | 99.42 ± 0.19 | 12.3 | 0.42 M | – | 1.2 MB |" in lines
-    assert "| ed | ✓ | 43.23 ± 3.00 | 90.00 ± 0.00 | 60.00 ± 10.00 | 55.00 ± 5.00 | – | 301.3 | 3.20 G | – | 512 B |" in lines
+    assert "| oracle | ✗ | ✓ | 99.00 ± 1.00 | – | 95.12 ± 0.49 | 0.00 ± 0.00 | 99.42 ± 0.19 | 12.3 | 0.42 M | – | 1.2 MB |" in lines
+    assert "| ed | ✓ | ✓ | 43.23 ± 3.00 | 90.00 ± 0.00 | 60.00 ± 10.00 | 55.00 ± 5.00 | – | 301.3 | 3.20 G | – | 512 B |" in lines
     # Rows follow the order of results["strategies"].
     assert text.index("| oracle |") < text.index("| ed |")
 
@@ -153,15 +155,15 @@ def test_markdown_without_reference_has_no_paper_column() -> None:
     del results["reference"]
     text = markdown_table(results)
     assert "Paper" not in text
-    assert "| ed | ✓ | 43.23 ± 3.00 | 90.00 ± 0.00 | 60.00 ± 10.00 | 55.00 ± 5.00 | 301.3 | 3.20 G | – | 512 B |" in text
+    assert "| ed | ✓ | ✓ | 43.23 ± 3.00 | 90.00 ± 0.00 | 60.00 ± 10.00 | 55.00 ± 5.00 | 301.3 | 3.20 G | – | 512 B |" in text
 
 
 def test_rich_table_has_markdown_cells() -> None:
     table = rich_table(make_results())
-    assert [c.header for c in table.columns][:3] == ["Strategy", "Ex-model", "Stream acc. (%)"]
+    assert [c.header for c in table.columns][:4] == ["Strategy", "Ex-model", "Exemplar-free", "Stream acc. (%)"]
     assert table.row_count == 2
-    assert list(table.columns[2].cells) == ["99.00 ± 1.00", "43.23 ± 3.00"]
-    assert list(table.columns[6].cells) == ["99.42 ± 0.19", "–"]
+    assert list(table.columns[3].cells) == ["99.00 ± 1.00", "43.23 ± 3.00"]
+    assert list(table.columns[7].cells) == ["99.42 ± 0.19", "–"]
     assert "Experts' accuracy on their own classes: 99.12 ± 0.10" == table.caption
     compact = rich_table(make_results(), compact=True)
     assert [c.header for c in compact.columns] == ["Strategy", "Ex-model", "Stream acc. (%)", "Task-aware (%)",
@@ -247,7 +249,7 @@ def test_merge_combines_seeds_and_recomputes_stats() -> None:
     # Experts of three distinct seeds.
     assert result["experts"]["own_class_accuracy"]["per_seed"] == [0.99, 0.99, 0.99]
     # The merged table shows the recomputed stat and the csv uses each strategy's own seeds.
-    assert "| ed | ✓ | 70.00 ± 20.00 |" in markdown_table(result)
+    assert "| ed | ✓ | ✓ | 70.00 ± 20.00 |" in markdown_table(result)
     seeds = [r["seed"] for r in csv_rows(result) if r["strategy"] == "ed" and r["metric"] == "stream_accuracy"]
     assert seeds == [0, 1, 2]
 

@@ -18,6 +18,9 @@ def test_every_strategy_declares_what_it_consumes():
     assert strategy_class("finetune").consumes == {"data"} == strategy_class("joint").consumes
     assert strategy_class("mi_ed").consumes == {"expert"} and strategy_class("oracle").consumes == {"expert"}
     assert strategy_class("replay_ed").consumes == {"expert", "data"}
+    # capabilities are class-level: keeping real images (joint's data, replay's buffer) is not exemplar-free
+    assert not strategy_class("joint").exemplar_free and not strategy_class("replay_ed").exemplar_free
+    assert strategy_class("finetune").exemplar_free and strategy_class("mi_ed").exemplar_free
 
 
 def test_a_run_without_expert_consumers_trains_no_expert(capsys, tmp_path, monkeypatch):
@@ -36,12 +39,17 @@ def test_a_run_without_expert_consumers_trains_no_expert(capsys, tmp_path, monke
     cache = tmp_path / "cache"
     result = cli(capsys, "-q", "run", config, "--out", tmp_path / "run", "--cache-dir", cache)
     assert result.code == 0, result.err
-    kinds = [e["event"] for e in read_events(tmp_path / "run" / "events.jsonl")]
+    events = read_events(tmp_path / "run" / "events.jsonl")
+    kinds = [e["event"] for e in events]
     assert "experts_skipped" in kinds and "experts_ready" not in kinds
+    losses = [e["loss"] for e in events if e["event"] == "step_done"]  # each step's training loss, logged
+    assert len(losses) == 5 and all(set(loss) == {"ce"} and loss["ce"] > 0 for loss in losses), losses
     assert not cache.exists()  # nothing trained, nothing cached
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["experts"] is None and results["strategies"]["finetune"]["stream_accuracy"]["mean"] > 0
     assert "No experts" in (tmp_path / "run" / "table.md").read_text()
+    assert results["strategies"]["finetune"]["exemplar_free"] is True
+    assert "| Strategy | Ex-model | Exemplar-free |" in (tmp_path / "run" / "table.md").read_text()
     assert cli(capsys, "report", tmp_path / "run").code == 0
     assert seen == [(None, True)] * 5  # the data of each step, and no expert
 

@@ -38,12 +38,11 @@ def aggregate(cfg, stream, cells: dict[str, dict[int, dict]], expert_acc: dict[i
     strategies = {}
     for name, by_seed in cells.items():
         recs = [by_seed[s] for s in seeds]
-        entry: dict = {"type": recs[0]["type"], "ex_model": recs[0]["ex_model"]}
+        entry: dict = {"type": recs[0]["type"], "ex_model": recs[0]["ex_model"],
+                       "exemplar_free": recs[0]["exemplar_free"]}
         for key in SCALARS:
             entry[key] = _stat([r.get(key) for r in recs])
         for key in MATRICES:
-            if any(key not in r for r in recs):  # cells written by an older version
-                continue
             mats = np.array([[[np.nan if v is None else v for v in row] for row in r[key]] for r in recs], dtype=float)
             entry[key] = {"mean": np.nanmean(mats, axis=0) if not np.isnan(mats).all() else mats[0],
                           "per_seed": mats}

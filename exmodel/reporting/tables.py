@@ -122,10 +122,14 @@ def experts_line(results: Mapping[str, Any]) -> str:
     return f"Experts' accuracy on their own classes: {format_stat(experts.get('own_class_accuracy'))}"
 
 
+def _flag(value: Any) -> str:
+    return "–" if value is None else "✓" if value else "✗"
+
+
 def table_cells(results: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Header and one row of display strings per strategy, in the order of ``results["strategies"]``."""
     with_paper = has_reference(results)
-    header = ["Strategy", "Ex-model", "Stream acc. (%)", "Task-aware (%)", "Avg. acc. (%)", "Forgetting (%)"]
+    header = ["Strategy", "Ex-model", "Exemplar-free", "Stream acc. (%)", "Task-aware (%)", "Avg. acc. (%)", "Forgetting (%)"]
     if with_paper:
         header.append("Paper (%)")
     header += ["Time (s)", "MACs/sample", "Peak mem. +", "State kept"]
@@ -135,6 +139,7 @@ def table_cells(results: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]
         row = [
             str(name),
             "✓" if entry.get("ex_model") else "✗",
+            _flag(entry.get("exemplar_free")),
             format_stat(entry.get("stream_accuracy")),
             format_stat(entry.get("task_aware_stream_accuracy")),
             format_stat(entry.get("average_accuracy")),
@@ -168,7 +173,7 @@ def markdown_table(results: Mapping[str, Any]) -> str:
     return "\n\n".join([f"### {title_line(results)}", experts_line(results), render_markdown(header, rows)]) + "\n"
 
 
-TERMINAL_DROPS = ("Avg. acc. (%)", "MACs/sample", "Peak mem. +")  # kept in table.md; dropped to fit an 80-column terminal
+TERMINAL_DROPS = ("Exemplar-free", "Avg. acc. (%)", "MACs/sample", "Peak mem. +")  # kept in table.md; dropped to fit an 80-column terminal
 
 
 def rich_table(results: Mapping[str, Any], compact: bool = False) -> Table:

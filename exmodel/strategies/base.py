@@ -60,6 +60,7 @@ INPUTS = frozenset({"expert", "data"})
 class Strategy(ABC):
     consumes: ClassVar[frozenset[str]] = frozenset({"expert"})  # a subset of INPUTS
     ex_model: ClassVar[bool] = True  # respects the ex-model constraints (no data, bounded state)
+    exemplar_free: ClassVar[bool] = True  # keeps no real training images between steps
     Params: ClassVar[type[Params]] = Params
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -82,6 +83,9 @@ class Strategy(ABC):
         # gives the same model whatever ran before or between the steps, and the caller's global
         # state is left alone.
         self.global_rng = PrivateRNG(seed)
+        # step -> each loss term's mean over that step's training (strategies that train fill it;
+        # the runner writes it into the step's event)
+        self.loss_log: dict[int, dict[str, float]] = {}
 
     @abstractmethod
     def observe(self, step: Step, expert: Expert | None, data: ImageDataset | None, progress=None) -> None:

@@ -40,8 +40,10 @@ class Finetune(Strategy):
         return FitSettings(epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, optimizer=p.optimizer)
 
     def observe(self, step: Step, expert, data, progress=None) -> None:
-        fit(self.model, data, self.settings(), self.generator, logit_mask=self.model.task_mask(self.info, step.classes),
-            device=self.device, progress=progress, description=f"finetune step {step.index}")
+        last = fit(self.model, data, self.settings(), self.generator,
+                   logit_mask=self.model.task_mask(self.info, step.classes), device=self.device, progress=progress,
+                   description=f"finetune step {step.index}")
+        self.loss_log[step.index] = {"ce": last}  # the last epoch's mean
 
     @torch.no_grad()
     def predict(self, x01: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:

@@ -65,12 +65,12 @@ class ExModelDistillation(Strategy):
         self.source = build_source(source, {**preset, **given}, data_dir=self.info.data_dir)
         # a config may give another source than the preset's (e.g. source: replay, which reads data)
         self.ex_model = self.source.ex_model
+        self.exemplar_free = not self.source.needs_data  # replay keeps real images in its buffer
         self.consumes = frozenset({"expert", "data"} if self.source.needs_data else {"expert"})
         self.buffer = Buffer(p.buffer_size, quantize=p.quantize_buffer)
         self.model: Learner | None = None
         self.seen = torch.zeros(self.info.num_classes, dtype=torch.bool)
         self.checks: list[tuple[torch.Tensor, torch.Tensor, bool]] = []  # per expert; see agreement_samples
-        self.loss_log: dict[int, dict[str, float]] = {}  # step -> each loss term's mean over its distillation
         self.augment = None
         if p.augment:
             from exmodel.synthesis.augment import make_augmentation
@@ -226,7 +226,7 @@ def strategy_for_preset(name: str, preset: EDParams) -> type[ExModelDistillation
 
     src = source_class(preset.source)
     return type(name, (ExModelDistillation,), {
-        "source_name": preset.source, "ex_model": src.ex_model,
+        "source_name": preset.source, "ex_model": src.ex_model, "exemplar_free": not src.needs_data,
         "consumes": frozenset({"expert", "data"} if src.needs_data else {"expert"}),
         "Params": _preset_params(name, preset),
         "__doc__": f"Ex-Model Distillation, preset '{name}' (knowledge source '{preset.source}').",
