@@ -174,9 +174,9 @@ def test_evaluate_predictor_task_agnostic_and_aware() -> None:
     exp0 = _dataset([0, 255, 170], [0, 1, 1])  # task 0, classes {0, 1}
     exp1 = _dataset([0, 255], [2, 3])  # task 1, classes {2, 3}
     res = evaluate_predictor(predict, [(exp0, 0), (exp1, 1)], [[0, 1], [2, 3]], num_classes=4, batch_size=2)
-    # Batches of 2: exp0 -> 2 + 1, exp1 -> 2; inputs scaled to [0, 1].
-    assert [c[0] for c in calls] == [2, 1, 2]
-    assert [c[1] for c in calls] == [[0, 0], [0], [1, 1]]
+    # Batches of 2 run across the test sets, each sample with its own task id; inputs scaled to [0, 1].
+    assert [c[0] for c in calls] == [2, 2, 1]
+    assert [c[1] for c in calls] == [[0, 0], [0, 1], [1]]
     assert max(c[2] for c in calls) == 1.0
     e0, e1 = res.experiences
     assert e0.pred_agnostic.tolist() == [0, 3, 2] and e0.n_correct_agnostic == 1

@@ -66,6 +66,23 @@ class EvalResult:
         return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
 
+def _regroup(spans: list[tuple[int, int, int]], batch_size: int) -> list[list[tuple[int, int, int]]]:
+    """Pack consecutive ``(set, lo, hi)`` spans into batches of at most ``batch_size`` samples,
+    cutting a span where a batch fills up."""
+    batches: list[list[tuple[int, int, int]]] = [[]]
+    room = batch_size
+    for i, lo, hi in spans:
+        while lo < hi:
+            if room == 0:
+                batches.append([])
+                room = batch_size
+            take = min(room, hi - lo)
+            batches[-1].append((i, lo, lo + take))
+            lo += take
+            room -= take
+    return [b for b in batches if b]
+
+
 def evaluate_predictor(
     predict_fn: PredictFn,
     test_sets: Sequence[tuple[ImageDataset, int]],
@@ -83,38 +100,46 @@ def evaluate_predictor(
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     device = torch.device(device)
-    results: list[ExperienceResult] = []
+    for dataset, _ in test_sets:
+        labels = dataset.labels
+        if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+            raise ValueError(f"test set '{dataset.name}' has labels outside [0, {num_classes})")
+    # Batches run across test sets (small shards would otherwise cost one call each); every sample
+    # carries its own task id. A set's predictions are then taken back out in order.
+    spans = [(i, 0, len(ds)) for i, (ds, _) in enumerate(test_sets)]
+    agnostic: list[list[torch.Tensor]] = [[] for _ in test_sets]
+    aware: list[list[torch.Tensor]] = [[] for _ in test_sets]
     with torch.no_grad():
-        for dataset, task_id in test_sets:
-            labels = dataset.labels.to(torch.long)
-            if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
-                raise ValueError(f"test set '{dataset.name}' has labels outside [0, {num_classes})")
-            agnostic, aware = [], []
-            for start in range(0, len(dataset), batch_size):
-                x = dataset.float_images(slice(start, start + batch_size)).to(device)
-                tids = torch.full((x.shape[0],), int(task_id), dtype=torch.long, device=device)
-                scores = predict_fn(x, tids)
-                if scores.shape != (x.shape[0], num_classes):
-                    raise ValueError(
-                        f"predict_fn returned shape {tuple(scores.shape)}, expected ({x.shape[0]}, {num_classes})"
-                    )
-                agnostic.append(task_agnostic_predictions(scores).cpu())
-                if task_classes is None:
-                    aware.append(agnostic[-1])
-                else:
-                    aware.append(task_aware_predictions(scores, tids, task_classes).cpu())
-            p_ag = torch.cat(agnostic).numpy() if agnostic else np.zeros(0, np.int64)
-            p_aw = torch.cat(aware).numpy() if aware else np.zeros(0, np.int64)
-            y = labels.numpy()
-            results.append(
-                ExperienceResult(
-                    task_id=int(task_id),
-                    n=len(y),
-                    n_correct_agnostic=int((p_ag == y).sum()),
-                    n_correct_aware=int((p_aw == y).sum()),
-                    targets=y,
-                    pred_agnostic=p_ag.astype(np.int64),
-                    pred_aware=p_aw.astype(np.int64),
+        for span in _regroup(spans, batch_size):
+            x = torch.cat([test_sets[i][0].float_images(slice(lo, hi)) for i, lo, hi in span]).to(device)
+            tids = torch.cat([torch.full((hi - lo,), int(test_sets[i][1]), dtype=torch.long) for i, lo, hi in span])
+            tids = tids.to(device)
+            scores = predict_fn(x, tids)
+            if scores.shape != (x.shape[0], num_classes):
+                raise ValueError(
+                    f"predict_fn returned shape {tuple(scores.shape)}, expected ({x.shape[0]}, {num_classes})"
                 )
+            p_ag = task_agnostic_predictions(scores).cpu()
+            p_aw = p_ag if task_classes is None else task_aware_predictions(scores, tids, task_classes).cpu()
+            at = 0
+            for i, lo, hi in span:
+                agnostic[i].append(p_ag[at:at + hi - lo])
+                aware[i].append(p_aw[at:at + hi - lo])
+                at += hi - lo
+    results: list[ExperienceResult] = []
+    for i, (dataset, task_id) in enumerate(test_sets):
+        p_ag = torch.cat(agnostic[i]).numpy() if agnostic[i] else np.zeros(0, np.int64)
+        p_aw = torch.cat(aware[i]).numpy() if aware[i] else np.zeros(0, np.int64)
+        y = dataset.labels.to(torch.long).numpy()
+        results.append(
+            ExperienceResult(
+                task_id=int(task_id),
+                n=len(y),
+                n_correct_agnostic=int((p_ag == y).sum()),
+                n_correct_aware=int((p_aw == y).sum()),
+                targets=y,
+                pred_agnostic=p_ag.astype(np.int64),
+                pred_aware=p_aw.astype(np.int64),
             )
+        )
     return EvalResult(results)
