@@ -160,7 +160,7 @@ def _measure(name, source, stream, experts, info, arch, kwargs, judge, real_test
         chosen = list(expert.card.trained_class_ids)
         with torch.no_grad():
             judged = judge(x).argmax(1)
-            units = [list(expert.card.class_ids).index(c) for c in chosen]
+            units = expert.units(chosen)
             confidence, best = expert(x)[:, units].softmax(1).max(1)
         ok = (judged == y).float()
         oks.append(ok)

@@ -90,7 +90,8 @@ class LossLog:
 
     def means(self, last: int | None = None) -> dict[str, float]:
         """Each term's mean over the last ``last`` iterations (all of them by default)."""
-        return {k: sum(v[-last:] if last else v) / max(1, len(v[-last:] if last else v)) for k, v in self.terms.items()}
+        window = {k: v[-last:] if last else v for k, v in self.terms.items()}
+        return {k: sum(v) / max(1, len(v)) for k, v in window.items()}
 
 
 class WeightEMA:

@@ -93,7 +93,7 @@ def temperature_for(logits: torch.Tensor, mean_confidence: float, steps: int = 5
 def expert_logits(expert: Expert, x01: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
     """The expert's logits on its trained classes, ``(len(x01), len(trained_class_ids))``, each image
     fitted to its input shape."""
-    cols = [list(expert.card.class_ids).index(c) for c in expert.card.trained_class_ids]
+    cols = expert.units(expert.card.trained_class_ids)
     chunks = [expert(fit_input(x01[i:i + batch_size], expert.card.input_shape))[:, cols]
               for i in range(0, len(x01), batch_size)]
     return torch.cat(chunks) if chunks else torch.empty(0, len(cols))

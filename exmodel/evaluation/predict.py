@@ -66,12 +66,13 @@ class EvalResult:
         return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
 
-def _regroup(spans: list[tuple[int, int, int]], batch_size: int) -> list[list[tuple[int, int, int]]]:
-    """Pack consecutive ``(set, lo, hi)`` spans into batches of at most ``batch_size`` samples,
-    cutting a span where a batch fills up."""
+def _regroup(sizes: Sequence[int], batch_size: int) -> list[list[tuple[int, int, int]]]:
+    """Sets of ``sizes`` samples, read in order, packed into batches of at most ``batch_size``: each
+    batch a list of ``(set, lo, hi)`` spans, a set cut where a batch fills up."""
     batches: list[list[tuple[int, int, int]]] = [[]]
     room = batch_size
-    for i, lo, hi in spans:
+    for i, size in enumerate(sizes):
+        lo, hi = 0, size
         while lo < hi:
             if room == 0:
                 batches.append([])
@@ -106,11 +107,10 @@ def evaluate_predictor(
             raise ValueError(f"test set '{dataset.name}' has labels outside [0, {num_classes})")
     # Batches run across test sets (small shards would otherwise cost one call each); every sample
     # carries its own task id. A set's predictions are then taken back out in order.
-    spans = [(i, 0, len(ds)) for i, (ds, _) in enumerate(test_sets)]
     agnostic: list[list[torch.Tensor]] = [[] for _ in test_sets]
     aware: list[list[torch.Tensor]] = [[] for _ in test_sets]
     with torch.no_grad():
-        for span in _regroup(spans, batch_size):
+        for span in _regroup([len(ds) for ds, _ in test_sets], batch_size):
             x = torch.cat([test_sets[i][0].float_images(slice(lo, hi)) for i, lo, hi in span]).to(device)
             tids = torch.cat([torch.full((hi - lo,), int(test_sets[i][1]), dtype=torch.long) for i, lo, hi in span])
             tids = tids.to(device)

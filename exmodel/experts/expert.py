@@ -69,6 +69,11 @@ class Expert(nn.Module):
     def class_ids(self) -> list[int]:
         return list(self.card.class_ids)
 
+    def units(self, classes) -> list[int]:
+        """The output units of the global class ids ``classes`` (each must be one of ``class_ids``)."""
+        ids = list(self.card.class_ids)
+        return [ids.index(c) for c in classes]
+
     @property
     def num_global_classes(self) -> int:
         return self.card.num_global_classes

@@ -68,6 +68,6 @@ def train_expert(stream: Stream, experience: Experience, config: ExpertConfig, s
 def own_class_accuracy(expert: Expert, experience: Experience) -> float:
     """Accuracy on the experience's test split, predicting among the expert's trained classes."""
     logits = predict_logits(expert, experience.test)
-    cols = [expert.card.class_ids.index(c) for c in expert.card.trained_class_ids]
+    cols = expert.units(expert.card.trained_class_ids)
     pred = torch.tensor(expert.card.trained_class_ids)[logits[:, cols].argmax(1)]
     return float((pred == experience.test.labels).float().mean()) if len(pred) else float("nan")

@@ -198,7 +198,7 @@ def expert_device(expert: Expert) -> torch.device:
 def predict_among(expert: Expert, x01: torch.Tensor, classes: Sequence[int], batch_size: int = 256,
                   progress: Progress | None = None, task: Any = None) -> torch.Tensor:
     """Global label = the class of ``classes`` with the largest expert logit, for each image."""
-    cols = torch.tensor([list(expert.card.class_ids).index(c) for c in classes], dtype=torch.long)
+    cols = torch.tensor(expert.units(classes), dtype=torch.long)
     values = torch.tensor(list(classes), dtype=torch.long)
     device = expert_device(expert)
     out = []
