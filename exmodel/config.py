@@ -75,10 +75,20 @@ class _Strict(BaseModel):
 
 class ScenarioConfig(_Strict):
     dataset: str = "mnist"
-    kind: Literal["nc", "ni", "mt", "joint"] = "nc"
+    kind: Literal["nc", "ni", "mt", "joint", "cil"] = "nc"
     n_experiences: int = Field(5, ge=1)
     class_order: list[int] | None = None
     shuffle_classes: bool = True  # seeded class order per run seed (Avalanche's Split-MNIST default)
+    # One fixed class order for every run seed: numpy's permutation under this seed, as iCaRL, PyCIL
+    # and the SKD/M²KD papers draw it (CIFAR-100: 1993).
+    class_order_seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    # kind "cil" (class-incremental learning from data): "half_base" — a base task of `base_classes`
+    # (half the classes by default), then `n_tasks` equal tasks; "from_scratch" — `n_tasks` equal
+    # tasks. `class_groups` lists every task's classes instead. `n_experiences` is derived.
+    protocol: Literal["half_base", "from_scratch"] | None = None
+    n_tasks: int | None = None
+    base_classes: int | None = None
+    class_groups: list[list[int]] | None = None
     first_experience_classes: int | None = None  # e.g. CORe50-NC: 10 classes first, then 5 each
     # Seeded class-balanced subsampling (quick runs and tests); None keeps every sample.
     train_per_class: int | None = Field(None, ge=1)

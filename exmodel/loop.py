@@ -130,11 +130,32 @@ def mixup_inputs(x: torch.Tensor, alpha: float, generator: torch.Generator) -> t
     return w * x + (1 - w) * x[perm], Mix(perm, lam)
 
 
+class EpochSampler:
+    """Mini-batches of indices ``0..n-1``: a fresh permutation from ``generator`` each epoch, cut into
+    consecutive batches (the last one smaller)."""
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator) -> None:
+        if n < 1 or batch_size < 1:
+            raise ValueError(f"an epoch needs samples and a batch size ≥ 1, got n={n}, batch_size={batch_size}")
+        self.n, self.batch_size, self.generator = n, batch_size, generator
+        self.steps_per_epoch = (n + batch_size - 1) // batch_size
+        self._queue: list[torch.Tensor] = []
+
+    def __call__(self) -> torch.Tensor:
+        if not self._queue:  # a new epoch
+            perm = torch.randperm(self.n, generator=self.generator)
+            self._queue.extend(perm[b * self.batch_size:(b + 1) * self.batch_size] for b in range(self.steps_per_epoch))
+        return self._queue.pop(0)
+
+
 def train_loop(model: nn.Module, draw: Callable[[], Batch], loss: Callable[[nn.Module, Batch], dict[str, torch.Tensor]],
                settings: LoopSettings, generator: torch.Generator, *, augment: nn.Module | None = None,
                jitter: nn.Module | None = None, progress: Progress | None = None,
-               description: str = "training") -> LossLog:
-    """Train ``model`` in place for ``settings.iterations`` steps and leave it in eval mode."""
+               description: str = "training", after_step: Callable[[nn.Module], None] | None = None) -> LossLog:
+    """Train ``model`` in place for ``settings.iterations`` steps and leave it in eval mode.
+
+    ``after_step(model)`` runs after every optimiser step, with the step's gradients still in place
+    (what path-integral importances such as SI's accumulate)."""
     model.train()
     opt = make_optimizer(model.parameters(), settings.optimizer, settings.lr, settings.momentum, settings.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, settings.iterations) \
@@ -156,6 +177,8 @@ def train_loop(model: nn.Module, draw: Callable[[], Batch], loss: Callable[[nn.M
         opt.zero_grad(set_to_none=True)
         total.backward()
         opt.step()
+        if after_step is not None:
+            after_step(model)
         if sched is not None:
             sched.step()
         if ema is not None:

@@ -25,7 +25,7 @@ import torch
 from exmodel.config import RunConfig, dump_yaml, read_yaml_file
 from exmodel.data import load_dataset, resolve_data_dir
 from exmodel.errors import ExmodelError
-from exmodel.evaluation import (AccuracyMatrix, PeakMemory, Stopwatch, average_accuracy, backward_transfer,
+from exmodel.evaluation import (AccuracyMatrix, accuracy_after_each_task, old_new_accuracy, PeakMemory, Stopwatch, average_accuracy, backward_transfer,
                                 confusion_matrix, count_macs, evaluate_predictor, forgetting, per_class_accuracy,
                                 state_bytes, stream_accuracy)
 from exmodel.experts.zoo import expert_stream
@@ -33,9 +33,9 @@ from exmodel.fileio import atomic_write_json, atomic_write_text, read_text
 from exmodel.progress import Progress
 from exmodel.reporting.aggregate import aggregate
 from exmodel.reporting.records import EventLog, environment
-from exmodel.scenarios import Stream, build_stream, subsample_per_class, validation_split
-from exmodel.params import validate_params
+from exmodel.scenarios import CILProtocol, Stream, build_stream, subsample_per_class, validation_split
 from exmodel.strategies import Step, StreamInfo, build_strategy, strategy_class
+from exmodel.strategies.base import strategy_params
 
 
 class _PredictModule(torch.nn.Module):
@@ -64,7 +64,7 @@ def run_cell(cfg: RunConfig, strategy_name: str, stream: Stream, experts: list, 
     test_sets = [(e.test, e.task_id) for e in stream]
     counts = np.array([len(e.test) for e in stream])
     agnostic, aware = AccuracyMatrix(T, counts), AccuracyMatrix(T, counts)
-    clock, step_bytes = Stopwatch(), []
+    clock, step_bytes, exemplar_bytes = Stopwatch(), [], 0
     task = progress.add(f"{strategy_name} seed {seed}", total=T) if progress else None
     with PeakMemory() as mem:
         for exp, expert in zip(stream, experts):
@@ -73,6 +73,7 @@ def run_cell(cfg: RunConfig, strategy_name: str, stream: Stream, experts: list, 
             with clock:
                 strategy.observe(Step(exp.index, exp.task_id, exp.classes), expert, data, progress=progress)
             step_bytes.append(state_bytes(strategy.state()))
+            exemplar_bytes = max(exemplar_bytes, state_bytes(strategy.exemplars()))
             ev = evaluate_predictor(strategy.predict, test_sets, stream.task_classes, stream.num_classes,
                                     cfg.eval_batch_size, cfg.device)
             for j in range(T):
@@ -89,6 +90,9 @@ def run_cell(cfg: RunConfig, strategy_name: str, stream: Stream, experts: list, 
     aware_headline = stream.multi_task
     R, R_aware = agnostic.matrix, aware.matrix
     R_main = R_aware if aware_headline else R
+    correct_main = (aware if aware_headline else agnostic).correct
+    after_task = accuracy_after_each_task(correct_main, counts)
+    old, new = old_new_accuracy(correct_main, counts)
     x = stream[0].test.float_images(slice(0, 1)).to(cfg.device)
     macs = count_macs(_PredictModule(strategy), (x, torch.zeros(1, dtype=torch.long, device=cfg.device)))
     return {
@@ -100,6 +104,11 @@ def run_cell(cfg: RunConfig, strategy_name: str, stream: Stream, experts: list, 
         "stream_accuracy": stream_accuracy(ev.correct_aware if aware_headline else ev.correct_agnostic, counts),
         "task_aware_stream_accuracy": stream_accuracy(ev.correct_aware, counts),
         "task_agnostic_stream_accuracy": stream_accuracy(ev.correct_agnostic, counts),
+        # class-incremental view: accuracy on everything seen so far after each task, its mean over the
+        # tasks (average incremental accuracy), and the last model on old vs new classes
+        "accuracy_after_task": after_task.tolist(), "average_incremental_accuracy": float(after_task.mean()),
+        "final_accuracy": float(after_task[-1]), "old_accuracy": old, "new_accuracy": new,
+        "exemplar_bytes": exemplar_bytes,
         "average_accuracy": average_accuracy(R_main), "forgetting": forgetting(R_main),
         "backward_transfer": backward_transfer(R_main),
         "wall_time_s": clock.seconds, "macs_per_sample": macs, "peak_memory_bytes": mem.rss_sampled_peak_bytes,
@@ -119,7 +128,8 @@ def stream_for(cfg: RunConfig, data, seed: int) -> Stream:
         data = subsample_per_class(data, sc.train_per_class, sc.test_per_class, seed)
     return build_stream(data, sc.kind, sc.n_experiences, seed, class_order=sc.class_order,
                         shuffle_classes=sc.shuffle_classes, first_experience_classes=sc.first_experience_classes,
-                        name=cfg.name, ni_split=sc.ni_split)
+                        name=cfg.name, ni_split=sc.ni_split, class_order_seed=sc.class_order_seed,
+                        cil=CILProtocol(sc.protocol, sc.n_tasks, sc.base_classes, sc.class_groups))
 
 
 def experts_for(cfg: RunConfig, data, source: str, seed: int, cache_dir: Path | None, *, progress=None, log=None):
@@ -161,7 +171,7 @@ def run_experiment(cfg: RunConfig, out: Path, *, data_dir=None, cache_dir: Path 
         raise ExmodelError("the config lists no strategies; add some under 'strategies:' "
                            "(`exmodel train-experts` trains the experts alone)")
     for s in cfg.strategies:  # fail on a bad strategy name or parameter before any training
-        validate_params(f"strategy '{s.name}'", strategy_class(s.strategy_type).Params, s.params)
+        strategy_params(s.strategy_type, s.params, s.name)
     if len({s.name for s in cfg.strategies}) != len(cfg.strategies):
         raise ExmodelError("strategy names in a config must be unique")
     if Path(out).exists() and not Path(out).is_dir():
@@ -169,6 +179,7 @@ def run_experiment(cfg: RunConfig, out: Path, *, data_dir=None, cache_dir: Path 
     resolved = resolve_data_dir(data_dir)
     data = load_dataset(cfg.scenario.dataset, resolved, download=download)  # fails before anything is written
     source = "full" if resolved else "embedded"
+    stream_for(cfg, data, cfg.seeds[0])  # a scenario that does not fit the dataset fails before anything is written
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _check_out_dir(out, cfg)

@@ -56,14 +56,14 @@ def fit(model: nn.Module, data: ImageDataset, settings: FitSettings, generator: 
     model.to(device)
     targets = label_index(data.labels, label_map)
     n, size = len(data), settings.batch_size
-    steps_per_epoch = (n + size - 1) // size
-    order: list[torch.Tensor] = []
+    if not n:
+        model.eval()
+        return float("nan")
+    sampler = loop.EpochSampler(n, size, generator)
+    steps_per_epoch = sampler.steps_per_epoch
 
     def draw() -> loop.Batch:
-        if not order:  # a new epoch
-            perm = torch.randperm(n, generator=generator)
-            order.extend(perm[b * size:(b + 1) * size] for b in range(steps_per_epoch))
-        idx = order.pop(0)
+        idx = sampler()
         return loop.Batch(data.float_images(idx).to(device), targets[idx].to(device))
 
     def cross_entropy(m: nn.Module, batch: loop.Batch) -> dict[str, torch.Tensor]:
@@ -75,7 +75,7 @@ def fit(model: nn.Module, data: ImageDataset, settings: FitSettings, generator: 
     run = loop.LoopSettings(iterations=settings.epochs * steps_per_epoch, optimizer=settings.optimizer,
                             lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
     log = train_loop(model, draw, cross_entropy, run, generator, progress=progress, description=description)
-    if not steps_per_epoch or not settings.epochs:
+    if not settings.epochs:
         return float("nan")
     sizes = [min(size, n - b * size) for b in range(steps_per_epoch)]
     return sum(v * k for v, k in zip(log.terms["ce"][-steps_per_epoch:], sizes)) / n

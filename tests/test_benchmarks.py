@@ -119,3 +119,21 @@ def test_source_quality_measures_each_source(tmp_path, capsys):
     assert "error: --validation-fraction must be in [0, 1)" in capsys.readouterr().err
     assert mod.main(base + ["--strategies", "noise_ed", "--source-params", '{"std": 0.2}']) == 0
     assert json.loads(out.read_text())["source_params"] == {"std": 0.2}
+
+
+def test_cil_benchmark_writes_incremental_accuracies(tmp_path):
+    cfg = {"name": "tiny_cil", "scenario": {"dataset": "mnist", "kind": "cil", "protocol": "from_scratch", "n_tasks": 2,
+                                            "train_per_class": 10, "test_per_class": 5},
+           "strategies": [{"name": "ft", "params": {"iterations": 3}},
+                          {"name": "icarl", "params": {"iterations": 3, "memory_size": 20}}]}
+    path = tmp_path / "cil.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "bench.json"
+    assert load_script("cil").main(["--config", str(path), "--seeds", "0", "--out", str(out),
+                                    "--run-dir", str(tmp_path / "run")]) == 0
+    data = json.loads(out.read_text())
+    icarl = data["strategies"]["icarl"]
+    assert icarl["exemplar_free"] is False and icarl["exemplar_bytes"]["mean"] == 20 * 28 * 28
+    assert len(icarl["accuracy_after_task"]["per_seed"][0]) == 2
+    assert 0 <= icarl["average_incremental_accuracy"]["mean"] <= 1
+    assert data["strategies"]["ft"]["exemplar_bytes"]["mean"] == 0

@@ -17,6 +17,7 @@ from exmodel.evaluation import state_bytes
 from exmodel.experts.card import ExpertCard
 from exmodel.experts.expert import Expert
 from exmodel.models import build_model
+from exmodel.strategies.cil import IncrementalLearner
 from exmodel.strategies import Step, StreamInfo, build_strategy, list_strategies, strategy_class
 from exmodel.synthesis import source_class
 
@@ -47,6 +48,9 @@ def _data(classes: tuple[int, int], seed: int) -> ImageDataset:
 def _params(name: str) -> dict:
     cls = strategy_class(name)
     fields = cls.Params.model_fields
+    if issubclass(cls, IncrementalLearner):  # class-incremental from data: a few steps, a tiny memory
+        return {"iterations": 2, "batch_size": 8, "arch": "mlp", "arch_kwargs": {"hidden": [8]},
+                **({"memory_size": 4} if "memory_size" in fields else {})}
     if "iterations" in fields:  # Ex-Model Distillation: tiny budgets for the preset's own source
         accepted = source_class(cls.Params().source).Params.model_fields
         return {**TINY_ED, "source_params": {k: v for k, v in TINY_SOURCE.items() if k in accepted}}

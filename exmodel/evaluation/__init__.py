@@ -17,6 +17,7 @@ from exmodel.evaluation.metrics import (
     task_agnostic_predictions,
     task_aware_predictions,
 )
+from exmodel.evaluation.incremental import accuracy_after_each_task, average_incremental_accuracy, old_new_accuracy
 from exmodel.evaluation.predict import EvalResult, ExperienceResult, evaluate_predictor
 
 __all__ = [
@@ -26,9 +27,11 @@ __all__ = [
     "PeakMemory",
     "Stopwatch",
     "accuracy",
+    "accuracy_after_each_task",
     "accuracy_matrix",
     "average_accuracy",
     "average_accuracy_all",
+    "average_incremental_accuracy",
     "backward_transfer",
     "confusion_matrix",
     "correct_counts_by_group",
@@ -36,6 +39,7 @@ __all__ = [
     "evaluate_predictor",
     "forgetting",
     "mean_std",
+    "old_new_accuracy",
     "per_class_accuracy",
     "state_bytes",
     "stream_accuracy",

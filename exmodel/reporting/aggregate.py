@@ -9,7 +9,8 @@ import numpy as np
 from exmodel.evaluation import mean_std
 
 SCALARS = ("stream_accuracy", "task_aware_stream_accuracy", "task_agnostic_stream_accuracy", "average_accuracy", "forgetting", "backward_transfer",
-           "wall_time_s", "macs_per_sample", "peak_memory_bytes", "peak_memory_increase_bytes", "state_bytes")
+           "wall_time_s", "macs_per_sample", "peak_memory_bytes", "peak_memory_increase_bytes", "state_bytes",
+           "average_incremental_accuracy", "final_accuracy", "old_accuracy", "new_accuracy", "exemplar_bytes")
 MATRICES = ("accuracy_matrix", "task_aware_accuracy_matrix", "task_agnostic_accuracy_matrix")
 
 
@@ -46,6 +47,10 @@ def aggregate(cfg, stream, cells: dict[str, dict[int, dict]], expert_acc: dict[i
             mats = np.array([[[np.nan if v is None else v for v in row] for row in r[key]] for r in recs], dtype=float)
             entry[key] = {"mean": np.nanmean(mats, axis=0) if not np.isnan(mats).all() else mats[0],
                           "per_seed": mats}
+        curves = [r.get("accuracy_after_task") for r in recs]
+        if all(c is not None for c in curves):  # accuracy on all classes seen so far, after each task
+            arr = np.array([[np.nan if v is None else v for v in c] for c in curves], dtype=float)
+            entry["accuracy_after_task"] = {"mean": arr.mean(axis=0), "per_seed": arr}
         entry["state_bytes_per_step"] = [r["state_bytes_per_step"] for r in recs]
         # the final model (task-aware in MT streams): per-class accuracy (mean over seeds), summed confusion matrices
         entry["per_class_accuracy"] = np.nanmean(np.array([r["per_class_accuracy"] for r in recs], dtype=float), axis=0)

@@ -43,8 +43,9 @@ from exmodel.text import SafeTable
 RESULTS_FILE = "results.json"
 MATRIX_KEYS: tuple[str, ...] = MATRICES
 # Paper column order within a dataset: Joint | NC | NI | MT; unknown kinds go last.
-KIND_ORDER = {"joint": 0, "nc": 1, "ni": 2, "mt": 3}
-KIND_LABELS = {"joint": "Joint", "nc": "NC", "ni": "NI", "mt": "MT"}
+KIND_ORDER = {"joint": 0, "nc": 1, "ni": 2, "mt": 3, "cil": 4}
+KIND_LABELS = {"joint": "Joint", "nc": "NC", "ni": "NI", "mt": "MT", "cil": "CIL"}
+CURVE_KEYS: tuple[str, ...] = ("accuracy_after_task",)  # one value per step and seed
 
 
 # --------------------------------------------------------------------------------------- loading
@@ -176,6 +177,23 @@ def _combine_matrix(where: str, size: int, parts: Sequence[tuple[list[Any], Any]
     return {"mean": _mean_matrix(arrays) if arrays else None, "per_seed": per_seed}
 
 
+def _combine_curve(where: str, size: int, parts: Sequence[tuple[list[Any], Any]]) -> dict[str, Any] | None:
+    """Per-step curves of every run, one per seed; a run without them leaves the curve out."""
+    per_seed: list[list[float]] = []
+    for seeds, block in parts:
+        given = block.get("per_seed") if isinstance(block, Mapping) else None
+        if not isinstance(given, list) or len(given) != len(seeds):
+            return None
+        for curve in given:
+            if not isinstance(curve, list) or len(curve) != size:
+                raise ExmodelError(f"{where}.per_seed: each curve needs {size} values, one per step")
+            try:
+                per_seed.append([float("nan") if v is None else float(v) for v in curve])
+            except (TypeError, ValueError):
+                raise ExmodelError(f"{where}.per_seed: values must be numbers or null") from None
+    return {"mean": np.nanmean(np.array(per_seed), axis=0).tolist(), "per_seed": per_seed}
+
+
 def _merge_strategy(where: str, size: int, parts: Sequence[tuple[list[Any], dict[str, Any]]]) -> dict[str, Any]:
     if len(parts) == 1:
         seeds, entry = parts[0]
@@ -195,6 +213,8 @@ def _merge_strategy(where: str, size: int, parts: Sequence[tuple[list[Any], dict
         values = [(seeds, entry.get(key)) for seeds, entry in parts]
         if key in MATRIX_KEYS:
             merged[key] = _combine_matrix(f"{where}.{key}", size, values)
+        elif key in CURVE_KEYS:
+            merged[key] = _combine_curve(f"{where}.{key}", size, values)
         elif key in STAT_METRICS or any(isinstance(v, Mapping) and "mean" in v for _, v in values):
             merged[key] = _combine_stat(f"{where}.{key}", values)
         else:  # a plain field (a note, a hyper-parameter): keep the first run's

@@ -37,6 +37,11 @@ STAT_METRICS: tuple[str, ...] = (
     "macs_per_sample",
     "peak_memory_bytes",
     "state_bytes",
+    "average_incremental_accuracy",
+    "final_accuracy",
+    "old_accuracy",
+    "new_accuracy",
+    "exemplar_bytes",
 )
 
 CSV_COLUMNS: tuple[str, ...] = ("strategy", "ex_model", "seed", "metric", "value")
@@ -128,6 +133,8 @@ def _flag(value: Any) -> str:
 
 def table_cells(results: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Header and one row of display strings per strategy, in the order of ``results["strategies"]``."""
+    if results.get("scenario_kind") == "cil":
+        return _cil_cells(results)
     with_paper = has_reference(results)
     header = ["Strategy", "Ex-model", "Exemplar-free", "Stream acc. (%)", "Task-aware (%)", "Avg. acc. (%)", "Forgetting (%)"]
     if with_paper:
@@ -157,6 +164,28 @@ def table_cells(results: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]
     return header, rows
 
 
+def _cil_cells(results: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Class-incremental runs: the numbers of iCaRL's and SKD's tables, and what each strategy keeps."""
+    with_paper = has_reference(results)
+    header = ["Strategy", "Exemplar-free", "Avg. incr. acc. (%)", "Final acc. (%)", "Old (%)", "New (%)",
+              "Forgetting (%)"]
+    if with_paper:
+        header.append("Paper (%)")
+    header += ["Time (s)", "Exemplars kept", "State kept"]
+    references = results.get("reference") or {}
+    rows: list[list[str]] = []
+    for name, entry in (results.get("strategies") or {}).items():
+        row = [str(name), _flag(entry.get("exemplar_free"))]
+        row += [format_stat(entry.get(k)) for k in ("average_incremental_accuracy", "final_accuracy", "old_accuracy",
+                                                    "new_accuracy", "forgetting")]
+        if with_paper:
+            row.append(format_stat(references.get(name)))
+        row += [format_seconds(entry.get("wall_time_s")), format_bytes(entry.get("exemplar_bytes")),
+                format_bytes(entry.get("state_bytes"))]
+        rows.append(row)
+    return header, rows
+
+
 def render_markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """A GitHub-flavoured markdown table; "|" inside cells is escaped."""
 
@@ -173,7 +202,7 @@ def markdown_table(results: Mapping[str, Any]) -> str:
     return "\n\n".join([f"### {title_line(results)}", experts_line(results), render_markdown(header, rows)]) + "\n"
 
 
-TERMINAL_DROPS = ("Exemplar-free", "Avg. acc. (%)", "MACs/sample", "Peak mem. +")  # kept in table.md; dropped to fit an 80-column terminal
+TERMINAL_DROPS = ("Exemplar-free", "Avg. acc. (%)", "MACs/sample", "Peak mem. +", "Old (%)", "New (%)")  # kept in table.md; dropped to fit an 80-column terminal
 
 
 def rich_table(results: Mapping[str, Any], compact: bool = False) -> Table:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from exmodel.fileio import atomic_write_json, atomic_write_text
+from exmodel.reporting.cil_plot import incremental_curves, plot_accuracy_after_task
 from exmodel.reporting.plots import plot_accuracy_matrices, plot_stream_accuracy
 from exmodel.reporting.state_plot import plot_state_kept, state_curves
 from exmodel.reporting.tables import markdown_table, write_csv
@@ -19,6 +20,8 @@ def write_reports(results: dict, out: Path) -> dict[str, Path]:
         "accuracy_matrices.png": plot_accuracy_matrices(results, out / "accuracy_matrices.png"),
         "stream_accuracy.png": plot_stream_accuracy(results, out / "stream_accuracy.png"),
     }
+    if results.get("scenario_kind") == "cil" and incremental_curves(results):
+        paths["accuracy_after_task.png"] = plot_accuracy_after_task(results, out / "accuracy_after_task.png")
     if state_curves(results):  # results merged from cells written before the record existed have none
         paths["state_kept.png"] = plot_state_kept(results, out / "state_kept.png")
     return paths

@@ -8,6 +8,9 @@
   training and test samples are split into disjoint, class-stratified shards. ``ni_split="groups"``
   follows the NI protocol of CORe50 instead: experiences are made of whole groups of the training set
   (``ImageDataset.groups``, CORe50's recording sessions), see :func:`build_stream` for the test set.
+* ``cil`` — class-incremental learning from data: the same single head and no task label as ``nc``,
+  with the field's protocols (a base task of half the classes, or equal tasks from scratch), see
+  :mod:`exmodel.scenarios.cil`;
 * ``joint`` — one experience with all the data (the offline upper bound / plain distillation setting).
 
 Each experience keeps its own private test split: the test samples of its own classes (nc/mt) or its
@@ -22,21 +25,15 @@ import torch
 from exmodel.data.core50 import split_by_groups
 from exmodel.data.types import DatasetSplits, ImageDataset
 from exmodel.errors import ConfigError
+from exmodel.scenarios.cil import CILProtocol, cil_groups
+from exmodel.scenarios.cil import class_order as _order
 from exmodel.scenarios.stream import Experience, Stream
 
-KINDS = ("nc", "ni", "mt", "joint")
+KINDS = ("nc", "ni", "mt", "joint", "cil")
 NI_SPLITS = ("stratified", "groups")
 
 
-def _class_groups(num_classes: int, n_experiences: int, order: list[int] | None, seed: int, shuffle: bool,
-                  first_size: int | None) -> list[list[int]]:
-    if order is None:
-        order = list(range(num_classes))
-        if shuffle:
-            g = torch.Generator().manual_seed(seed)
-            order = [order[i] for i in torch.randperm(num_classes, generator=g).tolist()]
-    if sorted(order) != list(range(num_classes)):
-        raise ConfigError(f"scenario.class_order must be a permutation of 0..{num_classes - 1}, got {order}")
+def _class_groups(num_classes: int, n_experiences: int, order: list[int], first_size: int | None) -> list[list[int]]:
     if first_size is not None:
         rest = num_classes - first_size
         if n_experiences < 2 or rest % (n_experiences - 1):
@@ -121,7 +118,8 @@ def validation_split(data: DatasetSplits, fraction: float, seed: int) -> Dataset
 
 def build_stream(data: DatasetSplits, kind: str, n_experiences: int, seed: int, *, class_order: list[int] | None = None,
                  shuffle_classes: bool = True, first_experience_classes: int | None = None,
-                 name: str | None = None, ni_split: str = "stratified") -> Stream:
+                 name: str | None = None, ni_split: str = "stratified", class_order_seed: int | None = None,
+                 cil: CILProtocol | None = None) -> Stream:
     """Split ``data`` into a stream. Same arguments (and seed) give the same stream.
 
     New Instances by groups (``ni_split="groups"``, CORe50-NI). The training experiences follow the
@@ -149,9 +147,15 @@ def build_stream(data: DatasetSplits, kind: str, n_experiences: int, seed: int, 
     if n_experiences < 1:
         raise ConfigError("scenario.n_experiences must be ≥ 1")
     exps: list[Experience] = []
-    if kind in ("nc", "mt", "joint"):
-        groups = _class_groups(k, n_experiences, class_order, seed, shuffle_classes and kind != "joint",
-                               first_experience_classes if kind != "joint" else None)
+    if kind != "cil" and cil not in (None, CILProtocol()):
+        raise ConfigError(f"scenario.protocol, n_tasks, base_classes and class_groups apply to kind 'cil' only, "
+                          f"not '{kind}'")
+    if kind in ("nc", "mt", "joint", "cil"):
+        order = _order(k, class_order, class_order_seed, seed, shuffle_classes and kind != "joint")
+        if kind == "cil":
+            groups = cil_groups(k, cil or CILProtocol(), order)
+        else:
+            groups = _class_groups(k, n_experiences, order, first_experience_classes if kind != "joint" else None)
         for i, g in enumerate(groups):
             exps.append(Experience(i, tuple(g), i, _select_classes(train, g), _select_classes(test, g)))
     else:  # ni

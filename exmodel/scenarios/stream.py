@@ -25,7 +25,7 @@ class Experience:
 @dataclass(frozen=True)
 class Stream:
     name: str  # e.g. "split_mnist_nc"
-    kind: str  # nc | ni | mt | joint
+    kind: str  # nc | ni | mt | joint | cil
     dataset: str
     num_classes: int
     class_names: tuple[str, ...]

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict
 
 from exmodel.data.types import ImageDataset
 from exmodel.experts.expert import Expert
+from exmodel.errors import ConfigError
 from exmodel.params import validate_params
 from exmodel.registry import Registry
 from exmodel.rng import PrivateRNG
@@ -99,6 +100,11 @@ class Strategy(ABC):
     def state(self) -> Any:
         """Everything kept between steps (measured by ``state_bytes``)."""
 
+    def exemplars(self) -> Any:
+        """The real training images kept between steps (part of :meth:`state`); ``None`` for
+        exemplar-free strategies. The runner reports their bytes beside the whole state's."""
+        return None
+
     def mask_to_tasks(self, scores: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
         """Keep only each sample's task classes (multi-task streams, where the task label is given)."""
         mask = torch.zeros(len(self.info.task_classes), self.info.num_classes, dtype=torch.bool)
@@ -133,6 +139,21 @@ def strategy_class(name: str) -> type[Strategy]:
     return _REGISTRY.get(name)
 
 
-def build_strategy(name: str, params: dict, info: StreamInfo, seed: int, device: str = "cpu") -> Strategy:
+EXEMPLAR_PARAMS = ("memory_size", "memory_per_class")  # the exemplar budget of strategies that keep images
+
+
+def strategy_params(name: str, params: dict | None, label: str | None = None) -> Params:
+    """The validated params of registered strategy ``name`` (``label``: its name in the config). An
+    exemplar budget given to an exemplar-free strategy is an error of its own: it would do nothing."""
     cls = strategy_class(name)
-    return cls(info, validate_params(f"strategy '{name}'", cls.Params, params), seed, device)
+    what = f"strategy '{label or name}'"
+    budget = [k for k in EXEMPLAR_PARAMS if k in (params or {})]
+    if budget and cls.exemplar_free:
+        keeping = [n for n in list_strategies() if any(k in strategy_class(n).Params.model_fields for k in EXEMPLAR_PARAMS)]
+        raise ConfigError(f"{what} is exemplar-free: it keeps no training images, so '{budget[0]}' does not apply "
+                          f"(strategies with an exemplar memory: {', '.join(keeping)})")
+    return validate_params(what, cls.Params, params)
+
+
+def build_strategy(name: str, params: dict, info: StreamInfo, seed: int, device: str = "cpu") -> Strategy:
+    return strategy_class(name)(info, strategy_params(name, params), seed, device)

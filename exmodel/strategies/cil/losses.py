@@ -1,0 +1,41 @@
+"""The class-incremental baselines' losses, as pure functions of tensors.
+
+* :func:`lwf_mc_loss` — LwF's multi-class form as iCaRL trains it (Rebuffi et al. 2017, Sec. 2.4;
+  Eq. 1 of the M²KD paper): one sigmoid per class seen so far; the new classes' targets are the
+  one-hot labels, the old classes' targets the previous model's sigmoid outputs.
+* :func:`quadratic_penalty` — ``Σ_i Ω_i (θ_i − θ*_i)²``, the anchor term that EWC (Ω = Fisher),
+  online EWC, SI (Ω = path integral) and MAS (Ω = output sensitivity) share.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def lwf_mc_loss(logits: torch.Tensor, labels: torch.Tensor, old_logits: torch.Tensor | None,
+                old_classes: Sequence[int], seen: Sequence[int]) -> torch.Tensor:
+    """Binary cross-entropy summed over the ``seen`` classes' units, averaged over the batch.
+
+    ``logits``/``old_logits``: ``(B, K)`` over the whole label space (``old_logits`` from the frozen
+    previous model, ``None`` on the first task). Units outside ``seen`` take no part.
+    """
+    seen_idx = torch.as_tensor(list(seen), dtype=torch.long, device=logits.device)
+    targets = F.one_hot(labels, logits.shape[1]).to(logits.dtype)
+    if old_logits is not None and len(old_classes):
+        old_idx = torch.as_tensor(list(old_classes), dtype=torch.long, device=logits.device)
+        targets[:, old_idx] = torch.sigmoid(old_logits[:, old_idx])
+    per_unit = F.binary_cross_entropy_with_logits(logits[:, seen_idx], targets[:, seen_idx], reduction="none")
+    return per_unit.sum(dim=1).mean()
+
+
+def quadratic_penalty(params: Iterable[torch.Tensor], anchors: Iterable[torch.Tensor],
+                      importances: Iterable[torch.Tensor]) -> torch.Tensor:
+    """``Σ Ω · (θ − θ*)²`` over matching parameter tensors (0 when there are none)."""
+    total = None
+    for p, a, w in zip(params, anchors, importances, strict=True):
+        term = (w * (p - a) ** 2).sum()
+        total = term if total is None else total + term
+    return total if total is not None else torch.zeros(())

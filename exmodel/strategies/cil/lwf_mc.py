@@ -1,0 +1,41 @@
+"""``lwf_mc``: Learning without Forgetting in its multi-class form (Li & Hoiem 2017; the "LwF.MC" of
+iCaRL, Rebuffi et al. 2017, Sec. 4; Eq. 1 of the M²KD paper).
+
+Every class seen so far has a sigmoid unit. On a new task's data the new classes' units learn the
+one-hot labels, and the old classes' units learn to output what the previous model (frozen at the end
+of the last task) outputs — the old model's knowledge is distilled through the new data alone.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from exmodel import loop
+from exmodel.strategies.base import Step, register_strategy
+from exmodel.strategies.cil.incremental import IncrementalLearner
+from exmodel.strategies.cil.losses import lwf_mc_loss
+
+
+@register_strategy("lwf_mc")
+class LwFMC(IncrementalLearner):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.old_model: nn.Module | None = None
+        self.old_classes: list[int] = []
+
+    def before_task(self, step: Step, data) -> None:
+        self.old_classes = [c for c in self.seen if c not in step.classes]
+
+    def loss(self, model: nn.Module, batch: loop.Batch) -> dict[str, torch.Tensor]:
+        old = None
+        if self.old_model is not None:
+            with torch.no_grad():
+                old = self.old_model(batch.x)
+        return {"bce": lwf_mc_loss(model(batch.x), batch.y, old, self.old_classes, self.seen)}
+
+    def after_task(self, step: Step, data) -> None:
+        self.old_model = self.frozen_copy()
+
+    def state(self):
+        return {"model": self.model, "old_model": self.old_model}
