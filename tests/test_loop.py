@@ -75,8 +75,8 @@ def test_ed_params_for_the_training_aids_are_checked():
 
     nc = StreamInfo("nc", 4, (1, 8, 8), (0.1,), (0.3,), ((0, 1), (2, 3)), 2)
     mt = StreamInfo("mt", 4, (1, 8, 8), (0.1,), (0.3,), ((0, 1), (2, 3)), 2)
-    with pytest.raises(ExmodelError, match="param lr_schedule: Input should be 'constant' or 'cosine'"):
-        build_strategy("noise_ed", {"lr_schedule": "step"}, nc, 0)
+    with pytest.raises(ExmodelError, match="param lr_schedule: Input should be 'constant', 'cosine' or 'step'"):
+        build_strategy("noise_ed", {"lr_schedule": "linear"}, nc, 0)
     with pytest.raises(ExmodelError, match="param optimizer: Input should be 'sgd', 'adam' or 'adamw'"):
         build_strategy("noise_ed", {"optimizer": "adamx"}, nc, 0)  # once silently trained with SGD
     with pytest.raises(ExmodelError, match="mixup mixes tasks; it is not available on multi-task streams"):
@@ -92,8 +92,8 @@ def test_make_optimizer_names_its_choices_and_never_falls_back():
     assert type(sgd) is torch.optim.SGD and sgd.param_groups[0]["momentum"] == 0.5
     with pytest.raises(ValueError, match="optimizer must be one of sgd, adam, adamw, got 'adamx'"):
         make_optimizer(params, "adamx", 0.1)
-    with pytest.raises(ValueError, match="lr_schedule must be one of constant, cosine"):
-        LoopSettings(iterations=1, lr_schedule="step")
+    with pytest.raises(ValueError, match="lr_schedule must be one of constant, cosine, step"):
+        LoopSettings(iterations=1, lr_schedule="linear")
 
 
 def _quadratic(target: float):
@@ -182,3 +182,17 @@ def test_ed_logs_each_term_of_its_loss_per_step(monkeypatch):
     assert set(s.loss_log) == {0} and set(s.loss_log[0]) == {"mse", "ce"}
     assert len(logs[0].terms["ce"]) == 3 and s.loss_log[0] == logs[0].means()
     assert all(v > 0 for v in s.loss_log[0].values())
+
+
+def test_the_step_schedule_divides_the_rate_by_ten_at_half_and_three_quarters():
+    from exmodel.loop import make_schedule
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    sched = make_schedule(opt, "step", 8)
+    rates = []
+    for _ in range(8):
+        rates.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert rates == pytest.approx([0.1] * 4 + [0.01] * 2 + [0.001] * 2)
+    assert make_schedule(opt, "constant", 8) is None

@@ -26,7 +26,7 @@ INFO = StreamInfo(kind="nc", num_classes=K, input_shape=SHAPE, mean=(0.5,), std=
                   task_classes=((0, 1), (2, 3)), n_experiences=2)
 TINY_ED = {"iterations": 2, "buffer_size": 16, "batch_size": 8, "check_samples": 0, "arch": "mlp",
            "arch_kwargs": {"hidden": [8]}}
-TINY_SOURCE = {"steps": 2, "batch_size": 4}
+TINY_SOURCE = {"steps": 2, "epochs": 2, "batch_size": 4}
 
 
 def _expert(classes: tuple[int, int], seed: int) -> Expert:

@@ -99,7 +99,8 @@ def test_balanced_labels_edge_cases():
 
 # ------------------------------------------------------------------------------------------ registry
 def test_registry_lists_sources_and_rejects_typos():
-    assert list_sources() == ["auxiliary", "data_impression", "generative", "model_inversion", "noise", "replay"]
+    assert list_sources() == ["auxiliary", "data_impression", "delegator", "generative", "model_inversion", "noise",
+                              "replay"]
     with pytest.raises(ConfigError, match="unknown knowledge source 'inversion'; available: auxiliary, "):
         build_source("inversion", {})
     with pytest.raises(ConfigError, match="'model_inversion': unknown param 'stpes'; allowed: temperature, w_bn, ") as err:
@@ -119,6 +120,7 @@ SOURCES = [
     ("model_inversion", FAST),
     ("data_impression", FAST),
     ("generative", {"steps": 5, "batch_size": 16}),
+    ("delegator", {"epochs": 2, "batch_size": 8}),
     ("auxiliary", {"batch_size": 16}),
     ("noise", {"batch_size": 16}),
     ("replay", {}),
@@ -163,7 +165,8 @@ def test_source_contract(name, params, expert, experience):
     expert.net.block1[0].bias.requires_grad_(True)
 
 
-@pytest.mark.parametrize("name", ["model_inversion", "data_impression", "generative", "noise", "auxiliary", "replay"])
+@pytest.mark.parametrize("name", ["model_inversion", "data_impression", "generative", "delegator", "noise", "auxiliary",
+                                  "replay"])
 def test_source_rejects_classes_the_expert_does_not_output(name, experience):
     torch.manual_seed(0)
     net = build_model("lenet", num_classes=2)

@@ -7,7 +7,7 @@ from exmodel.synthesis.base import (KnowledgeSource, SourceParams, balanced_labe
                                     register_source, source_class)
 
 # Imported for their side effect: each module registers its source.
-from exmodel.synthesis import auxiliary, generative, impression, inversion, noise, replay  # noqa: E402,F401  isort: skip
+from exmodel.synthesis import auxiliary, delegator_source, generative, impression, inversion, noise, replay  # noqa: E402,F401  isort: skip
 
 __all__ = ["AUGMENTATIONS", "KnowledgeSource", "SourceParams", "balanced_labels", "build_source", "list_sources",
            "make_augmentation", "register_source", "source_class"]

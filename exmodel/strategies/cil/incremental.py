@@ -13,8 +13,9 @@ seen so far. A method says only what differs:
   ``training_set(data)`` — the data to train on (iCaRL's new data plus exemplars);
 * ``loss`` — to replace the cross-entropy itself (LwF-MC's and iCaRL's sigmoid loss).
 
-Defaults follow van de Ven, Tuytelaars & Tolias (2022, "Three types of incremental learning") for
-Split-MNIST: a 2 × 400 MLP, Adam (lr 1e-4, betas 0.9/0.999), batch 128, 2,000 iterations per task.
+Defaults follow van de Ven & Tolias (2019, "Three scenarios for continual learning") for Split-MNIST,
+as their code sets them (``param_values.py`` of GMvandeVen/continual-learning): a 2 × 400 MLP, Adam
+(lr 1e-3, betas 0.9/0.999), batch 128, 2,000 iterations per task.
 """
 
 from __future__ import annotations
@@ -41,10 +42,10 @@ class CILParams(Params):
     epochs: float | None = Field(None, gt=0)  # when set, replaces `iterations`: passes over the task's data
     batch_size: int = Field(128, ge=1)
     optimizer: Literal["sgd", "adam", "adamw"] = "adam"
-    lr: float = Field(1e-4, gt=0)
+    lr: float = Field(1e-3, gt=0)
     momentum: float = Field(0.9, ge=0)
     weight_decay: float = Field(0.0, ge=0)
-    lr_schedule: Literal["constant", "cosine"] = "constant"
+    lr_schedule: Literal["constant", "cosine", "step"] = "constant"
 
 
 class IncrementalLearner(Strategy):

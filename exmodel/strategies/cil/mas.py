@@ -3,7 +3,7 @@
 After each task, the importance of every parameter is how much a small change of it moves the
 learner's outputs: ``Ω = mean_x |∂‖f(x)‖²₂ / ∂θ|`` over the task's data, with no labels (Eq. 4). The
 importances accumulate over tasks and later tasks pay ``λ · Σ Ω (θ − θ*)²`` (Eq. 3; λ = 1 in the
-paper, our default; the sweep is in docs/results.md, "Class-incremental baselines").
+paper and our default).
 """
 
 from __future__ import annotations

@@ -66,4 +66,7 @@ PRESETS["aux_ed"] = EDParams(
     # Auxiliary data, class-balanced, with the style jitter: 28.2 % on validation against 23.0 % without.
     source="auxiliary", **_OURS_COMMON, **_OURS_JITTER, source_params={"dataset": "fashion_mnist", "balance": True})
 PRESETS["replay_ed"] = EDParams(source="replay", **_OURS_COMMON)
+# SKD's knowledge delegator (imitate & explore against each expert, paper 002 Sec. III-B) as the source,
+# with our distillation settings; measured in docs/results.md, "SKD".
+PRESETS["skd_ed"] = EDParams(source="delegator", **_OURS_COMMON, **_OURS_JITTER)
 PRESETS["noise_ed"] = EDParams(source="noise", **_OURS_COMMON)
