@@ -32,7 +32,11 @@ CORE50_SIDE = 16  # MobileNetV2 keeps a 2x2 map at the end of a 16x16 input (thr
 ED_OVERRIDES = ("buffer_size=20", "iterations=2", "batch_size=16")
 SMALL_ARCH = {"resnet18": "{width: 4}", "mobilenetv2": "{width_mult: 0.25}"}
 # config -> number of experiences of its stream
-PAPER_CONFIGS = {"split_cifar10": 5, "cifar10_mt": 5, "joint_cifar10": 1, "core50_nc": 9, "core50_ni": 9}
+PAPER_CONFIGS = {"split_cifar10": 5, "cifar10_mt": 5, "joint_cifar10": 1, "core50_nc": 9, "core50_ni": 9,
+                 "skd_cifar100_b50_t5": 6, "skd_cifar100_b50_t10": 11}
+# class-incremental strategies: a few iterations, a width-4 ResNet-32 and a tiny delegator
+CIL_OVERRIDES = ("epochs=null", "iterations=2", "batch_size=8", "arch_kwargs={width: 4}")
+SKD_OVERRIDES = ("width=4", "z_dim=8", "delegator_batch=8", "delegator_epochs=1", "finetune_epochs=1")
 
 
 def _images(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -88,6 +92,10 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def cheap_overrides(config: Path) -> list[str]:
     """``--set`` arguments that make a config's run take seconds, leaving its scenario alone."""
     cfg = load_config(config)
+    if cfg.scenario.kind == "cil":  # no experts: only the strategies' budgets shrink
+        sets = [f"strategies.{i}.params.{kv}" for i, s in enumerate(cfg.strategies)
+                for kv in CIL_OVERRIDES + (SKD_OVERRIDES if s.strategy_type.startswith("skd") else ())]
+        return [arg for kv in sets for arg in ("--set", kv)]
     sets = ["expert.epochs=1", "expert.batch_size=32", f"expert.arch_kwargs={SMALL_ARCH[cfg.expert.arch]}"]
     for i, s in enumerate(cfg.strategies):
         if s.strategy_type.endswith("_ed_paper"):
@@ -108,7 +116,8 @@ def test_paper_config_runs_end_to_end(name: str, data_dir: Path, tmp_path: Path)
     results = json.loads((out / "results.json").read_text())
     cfg = load_config(config)
     T = PAPER_CONFIGS[name]
-    assert results["num_experiences"] == T == (1 if cfg.scenario.kind == "joint" else cfg.scenario.n_experiences)
+    expected = {"joint": 1, "cil": 1 + (cfg.scenario.n_tasks or 0)}.get(cfg.scenario.kind, cfg.scenario.n_experiences)
+    assert results["num_experiences"] == T == expected
     assert set(results["strategies"]) == {s.name for s in cfg.strategies}
     for strategy, entry in results["strategies"].items():
         acc = entry["stream_accuracy"]["mean"]
@@ -132,3 +141,11 @@ def test_core50_ni_experiences_are_sessions_with_one_shared_test_set(data_dir: P
     assert len(test_keys) == len(set(test_keys)) == len(data.test) == 150
     assert {g for g, _ in test_keys} == set(TEST_SESSIONS)
     assert sorted(len(e.test) for e in stream) == [16] * 3 + [17] * 6  # 150 = 6 x 17 + 3 x 16
+
+
+def test_cifar100_class_incremental_order_is_icarls_seed_1993_permutation(data_dir: Path) -> None:
+    cfg = load_config(CONFIGS / "skd_cifar100_b50_t10.yaml")
+    stream = stream_for(cfg, load_dataset("cifar100", data_dir), seed=4)
+    order = [c for e in stream for c in e.classes]
+    assert order == np.random.RandomState(1993).permutation(100).tolist()
+    assert [len(e.classes) for e in stream] == [50] + [5] * 10

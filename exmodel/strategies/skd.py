@@ -59,6 +59,7 @@ class SKDParams(CILParams):
     delegator_batch: int = Field(128, ge=2)
     imitate_lr: float = Field(0.1, gt=0)
     explore_lr: float = Field(1e-3, gt=0)
+    delegator_lr_drop_every: int | None = Field(None, ge=1)  # ×0.1 every this many delegator epochs (paper: 100)
     lam: float = Field(1.0, ge=0)  # λ of Eq. 8
     w_cat: float = Field(1.0, ge=0)
     w_div: float = Field(1.0, ge=0)
@@ -135,7 +136,7 @@ class SKD(IncrementalLearner):
             student = build_model(self.model.arch, **self.model.net.arch_kwargs).to(self.device)
         settings = DelegatorSettings(epochs=epochs, imitate_steps=p.imitate_steps, explore_steps=p.explore_steps,
                                      batch_size=p.delegator_batch, imitate_lr=p.imitate_lr, explore_lr=p.explore_lr,
-                                     lam=p.lam, w_cat=p.w_cat, w_div=p.w_div, w_feature=p.w_feature)
+                                     lr_drop_every=p.delegator_lr_drop_every, lam=p.lam, w_cat=p.w_cat, w_div=p.w_div, w_feature=p.w_feature)
         self.delegator_terms[step.index] = train_delegator(self.delegator, teacher, student, settings, self.generator,
                                                            description=f"delegator after task {step.index}")
         self.last_student = student  # the clone S_n (Table I compares it with T_n); not kept as state
