@@ -101,6 +101,22 @@ def run(config: Optional[Path] = typer.Argument(None, help="YAML config (default
     out_console.print(f"results: {out}/results.json  table: {out}/table.md  plots: {out}/*.png")
 
 
+@app.command("strategies")
+def strategies() -> None:
+    """List the registered strategies: what each consumes, whether it keeps images, its parameters."""
+    from exmodel.strategies import list_strategies, strategy_class
+    from exmodel.text import SafeTable
+
+    table = SafeTable(title="strategies (a config's `strategies: - name:`)")
+    for column in ("Strategy", "Consumes", "Ex-model", "Exemplar-free", "Parameters"):
+        table.add_column(column)
+    for name in list_strategies():
+        cls = strategy_class(name)
+        table.add_row(name, ", ".join(sorted(cls.consumes)), "✓" if cls.ex_model else "✗",
+                      "✓" if cls.exemplar_free else "✗", ", ".join(cls.Params.model_fields))
+    out_console.print(table)
+
+
 @app.command("train-experts")
 def train_experts(config: Optional[Path] = typer.Argument(None, help="YAML config."),
                   data_dir: Optional[Path] = typer.Option(None, "--data-dir"),

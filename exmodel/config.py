@@ -137,7 +137,7 @@ class StrategyConfig(_Strict):
 
 class Reference(_Strict):
     mean: float
-    std: float = 0.0
+    std: float | None = None  # None when the source gives none (shown as the mean alone)
     source: str = ""
 
 

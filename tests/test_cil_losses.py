@@ -114,3 +114,24 @@ def test_memory_budget_shared_or_per_class():
     assert ExemplarMemory(per_class=20).per_class(100) == 20
     with pytest.raises(ValueError, match="exactly one positive budget"):
         ExemplarMemory(total=10, per_class=2)
+
+
+def test_weight_aligning_scales_the_new_rows_to_the_old_mean_norm():
+    from exmodel.strategies.cil.losses import aligned_weights
+
+    w = torch.tensor([[3.0, 4.0], [0.0, 1.0], [6.0, 8.0], [1.0, 0.0]])  # norms 5, 1, 10, 1
+    out = aligned_weights(w, old=[0, 1], new=[2])
+    torch.testing.assert_close(out[2], w[2] * (3.0 / 10.0))  # mean old norm 3, new 10
+    torch.testing.assert_close(out[[0, 1, 3]], w[[0, 1, 3]])
+    assert torch.equal(aligned_weights(w, old=[], new=[2]), w)
+
+
+def test_distillation_kl_by_hand():
+    from exmodel.strategies.cil.losses import distillation_kl
+
+    z, z_old = torch.tensor([[0.0, 2.0]]), torch.tensor([[2.0, 0.0]])
+    p = torch.softmax(z / 2, 1)[0]
+    q = torch.softmax(z_old / 2, 1)[0]
+    want = 4 * float((q * (q.log() - p.log())).sum())
+    assert float(distillation_kl(z, z_old, 2.0)) == pytest.approx(want, rel=1e-6)
+    assert float(distillation_kl(z_old, z_old, 2.0)) == pytest.approx(0.0, abs=1e-7)

@@ -248,3 +248,16 @@ def test_quiet_progress_prints_nothing(capsys: pytest.CaptureFixture[str], clock
         progress.remove(task)
         progress.log("a line")
     assert capsys.readouterr().err == ""
+
+
+def test_strategies_lists_every_registered_strategy(capsys):
+    from helpers import cli
+
+    from exmodel.strategies import list_strategies
+
+    result = cli(capsys, "strategies")
+    assert result.code == 0
+    flat = " ".join(result.out.split())
+    for name in list_strategies():
+        assert name in flat
+    assert "memory_per_class" in flat  # er's and icarl's exemplar budget is listed

@@ -380,3 +380,17 @@ def test_state_plot_writes_png_and_rejects_what_it_cannot_draw(tmp_path: Path) -
     with pytest.raises(ExmodelError, match=r"strategy 'ed': state_bytes_per_step has seeds of different lengths \[2, 3\]"):
         plot_state_kept(ragged, tmp_path / "ragged.png")
     assert not (tmp_path / "none.png").exists() and not (tmp_path / "ragged.png").exists()
+
+
+def test_merge_joins_the_accuracy_after_each_task_curves() -> None:
+    run_a = split_run([0, 1], [0.5, 0.7], ("ed",))
+    run_b = split_run([2], [0.9], ("ed",))
+    size = run_a["num_experiences"]
+    run_a["strategies"]["ed"]["accuracy_after_task"] = {"mean": None, "per_seed": [[1.0] * size, [0.5] * size]}
+    run_b["strategies"]["ed"]["accuracy_after_task"] = {"mean": None, "per_seed": [[0.0] * size]}
+    curve = merge_results([run_a, run_b])[0]["strategies"]["ed"]["accuracy_after_task"]
+    assert curve["per_seed"] == [[1.0] * size, [0.5] * size, [0.0] * size]
+    assert curve["mean"] == pytest.approx([0.5] * size)
+    run_b["strategies"]["ed"]["accuracy_after_task"]["per_seed"] = [[0.0] * (size + 1)]
+    with pytest.raises(ExmodelError, match=f"each curve needs {size} values, one per step"):
+        merge_results([run_a, run_b])

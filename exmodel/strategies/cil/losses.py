@@ -3,6 +3,10 @@
 * :func:`lwf_mc_loss` — LwF's multi-class form as iCaRL trains it (Rebuffi et al. 2017, Sec. 2.4;
   Eq. 1 of the M²KD paper): one sigmoid per class seen so far; the new classes' targets are the
   one-hot labels, the old classes' targets the previous model's sigmoid outputs.
+* :func:`distillation_kl` — Hinton et al.'s knowledge distillation, ``T² · KL(softmax(z_old/T) ‖
+  softmax(z/T))`` averaged over the batch (LwF's loss with T = 2);
+* :func:`aligned_weights` — weight aligning (Zhao et al. 2020, Eq. 5): the new classes' head weights
+  scaled so that their mean norm equals the old classes', against the bias towards new classes;
 * :func:`quadratic_penalty` — ``Σ_i Ω_i (θ_i − θ*_i)²``, the anchor term that EWC (Ω = Fisher),
   online EWC, SI (Ω = path integral) and MAS (Ω = output sensitivity) share.
 """
@@ -39,3 +43,23 @@ def quadratic_penalty(params: Iterable[torch.Tensor], anchors: Iterable[torch.Te
         term = (w * (p - a) ** 2).sum()
         total = term if total is None else total + term
     return total if total is not None else torch.zeros(())
+
+
+def aligned_weights(weight: torch.Tensor, old: Sequence[int], new: Sequence[int]) -> torch.Tensor:
+    """``weight`` (K, D) with the rows of ``new`` multiplied by ``mean ‖w_old‖ / mean ‖w_new‖``."""
+    out = weight.clone()
+    if not len(old) or not len(new):
+        return out
+    norms = weight.norm(dim=1)
+    ratio = norms[list(old)].mean() / norms[list(new)].mean().clamp_min(1e-12)
+    out[list(new)] = weight[list(new)] * ratio
+    return out
+
+
+def distillation_kl(logits: torch.Tensor, old_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``T² · KL(p_old ‖ p)`` with ``p = softmax(logits / T)``, batch mean (the T² keeps the gradient
+    scale of the hard-label loss)."""
+    t = temperature
+    log_p = F.log_softmax(logits / t, dim=1)
+    p_old = F.softmax(old_logits / t, dim=1)
+    return (t * t) * (p_old * (torch.log(p_old.clamp_min(1e-12)) - log_p)).sum(1).mean()
