@@ -162,7 +162,6 @@ class SKD(IncrementalLearner):
                                      lr_drop_every=p.delegator_lr_drop_every, lam=p.lam, w_cat=p.w_cat, w_div=p.w_div, w_feature=p.w_feature)
         self.delegator_terms[step.index] = train_delegator(self.delegator, teacher, student, settings, self.generator,
                                                            description=f"delegator after task {step.index}")
-        self.last_student = student  # the clone S_n (Table I compares it with T_n); not kept as state
         self.loss_log[step.index] = {**self.loss_log.get(step.index, {}),
                                      **{f"delegator_{k}": v for k, v in self.delegator_terms[step.index].items()}}
 

@@ -17,26 +17,19 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from exmodel import loop
 from exmodel.strategies.base import Step, register_strategy
 from exmodel.strategies.cil.er import ER
-from exmodel.strategies.cil.losses import lwf_mc_loss
+from exmodel.strategies.cil.lwf_mc import SigmoidDistillation
 from exmodel.strategies.cil.memory import herding_selection
 from exmodel.strategies.joint import concat
 
 
 @register_strategy("icarl")
-class ICaRL(ER):
+class ICaRL(SigmoidDistillation, ER):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.old_model: nn.Module | None = None
-        self.old_classes: list[int] = []
         self.class_means = torch.zeros(self.info.num_classes, self.model.net.num_features, device=self.device)
-
-    def before_task(self, step: Step, data) -> None:
-        self.old_classes = [c for c in self.seen if c not in step.classes]
 
     def training_set(self, data):
         kept = self.memory.as_dataset(data)
@@ -46,13 +39,6 @@ class ICaRL(ER):
 
     def replay(self, batch_size: int):
         return None  # the exemplars are part of the training set
-
-    def loss(self, model: nn.Module, batch: loop.Batch) -> dict[str, torch.Tensor]:
-        old = None
-        if self.old_model is not None:
-            with torch.no_grad():
-                old = self.old_model(batch.x)
-        return {"bce": lwf_mc_loss(model(batch.x), batch.y, old, self.old_classes, self.seen)}
 
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:
@@ -69,7 +55,7 @@ class ICaRL(ER):
         for c, images in self.memory.images.items():
             mean = F.normalize(self.features(images), dim=1).mean(0)
             self.class_means[c] = F.normalize(mean, dim=0)
-        self.old_model = self.frozen_copy()
+        self.keep_old_model()
 
     @torch.no_grad()
     def predict(self, x01: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:

@@ -4,6 +4,7 @@ iCaRL, Rebuffi et al. 2017, Sec. 4; Eq. 1 of the M²KD paper).
 Every class seen so far has a sigmoid unit. On a new task's data the new classes' units learn the
 one-hot labels, and the old classes' units learn to output what the previous model (frozen at the end
 of the last task) outputs — the old model's knowledge is distilled through the new data alone.
+:class:`SigmoidDistillation` is that loss and its frozen teacher; iCaRL trains with it too.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from exmodel.strategies.cil.incremental import IncrementalLearner
 from exmodel.strategies.cil.losses import lwf_mc_loss
 
 
-@register_strategy("lwf_mc")
-class LwFMC(IncrementalLearner):
+class SigmoidDistillation:
+    """Mixin for an :class:`IncrementalLearner`: LwF-MC's loss against the model frozen by
+    :meth:`keep_old_model` at the end of the previous task."""
+
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.old_model: nn.Module | None = None
@@ -34,8 +37,14 @@ class LwFMC(IncrementalLearner):
                 old = self.old_model(batch.x)
         return {"bce": lwf_mc_loss(model(batch.x), batch.y, old, self.old_classes, self.seen)}
 
-    def after_task(self, step: Step, data) -> None:
+    def keep_old_model(self) -> None:
         self.old_model = self.frozen_copy()
+
+
+@register_strategy("lwf_mc")
+class LwFMC(SigmoidDistillation, IncrementalLearner):
+    def after_task(self, step: Step, data) -> None:
+        self.keep_old_model()
 
     def state(self):
         return {"model": self.model, "old_model": self.old_model}
