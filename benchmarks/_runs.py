@@ -23,12 +23,22 @@ def parser(doc: str, default_config: str) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace):
-    """``(cfg, results, run_dir)``, or ``None`` after an error line when a strategy name is unknown."""
+    """``(cfg, results, run_dir)``, or ``None`` after one error line (a bad config, an unknown strategy,
+    a run folder of another config)."""
     from exmodel.config import load_config
+    from exmodel.errors import ExmodelError
+
+    try:
+        return _run(args, load_config(args.config, args.overrides))
+    except ExmodelError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return None
+
+
+def _run(args: argparse.Namespace, cfg):
     from exmodel.progress import Progress
     from exmodel.runner import run_experiment
 
-    cfg = load_config(args.config, args.overrides)
     cfg.seeds = [int(s) for s in args.seeds.split(",")]
     if args.strategies:
         wanted = [n.strip() for n in args.strategies.split(",") if n.strip()]

@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--epochs", type=int, default=150, help="delegator epochs (5 imitate + 1 explore steps each)")
+    ap.add_argument("--lr-drop-every", type=int, default=None,
+                    help="divide both delegator learning rates by 10 every this many epochs (the paper: 100 of 200)")
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--teacher-epochs", type=int, default=2)
@@ -86,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
             with seeded(seed + 1):
                 g = DelegatorGenerator(info.input_shape, 100, args.width, helper_bn)
                 student = build_model("lenet_bn", **teacher.net.arch_kwargs)
-            settings = replace(DelegatorSettings(epochs=args.epochs, batch_size=args.batch_size), **opts)
+            settings = replace(DelegatorSettings(epochs=args.epochs, batch_size=args.batch_size,
+                                                         lr_drop_every=args.lr_drop_every), **opts)
             t0 = time.perf_counter()
             terms = train_delegator(g, expert, student, settings, torch.Generator().manual_seed(seed))
             seconds = time.perf_counter() - t0
@@ -109,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         return {"mean": float(t.mean()), "std": float(t.std()) if len(t) > 1 else 0.0, "per_seed": values}
 
     out = {"benchmark": "skd_clone", "dataset": args.dataset, "base_classes": base, "delegator_epochs": args.epochs,
+           "lr_drop_every": args.lr_drop_every,
            "width": args.width, "batch_size": args.batch_size, "environment": environment([0], "cpu"),
            "teacher_accuracy": stat(teacher_acc),
            "variants": {v: {"clone_accuracy": stat([r["clone_accuracy"] for r in rs]),

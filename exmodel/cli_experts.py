@@ -160,7 +160,7 @@ class _LazyHelp(TyperCommand):
         return super().get_help(ctx)
 
 
-@app.command(cls=_LazyHelp)
+@app.command(cls=_LazyHelp, short_help="Distil expert bundles into one model of the chosen architecture, without their data.")
 def consolidate(bundles: list[Path] = typer.Argument(..., help="Expert bundles, in stream order."),
                 out: Path = typer.Option(..., "-o", "--out", help="Bundle folder to write the consolidated model to."),
                 source: str = typer.Option("auto", "--source", help="auto | inversion | pool | impression | auxiliary | "

@@ -142,12 +142,14 @@ def experts_for(cfg: RunConfig, data, source: str, seed: int, cache_dir: Path | 
 
 
 def _check_out_dir(out: Path, cfg: RunConfig) -> None:
-    """A run folder holds one config. Stored configs are compared after validation, so a run made
-    before a new (defaulted) config key existed can still be resumed."""
+    """A run folder holds one config, up to its seeds (a run gains seeds as it goes: each seed's cells
+    are its own). Stored configs are compared after validation, so a run made before a new
+    (defaulted) config key existed can still be resumed."""
     path = out / "config.yaml"
     if path.exists():
         try:
-            same = RunConfig.model_validate(read_yaml_file(path)) == cfg
+            stored = RunConfig.model_validate(read_yaml_file(path))
+            same = stored.model_copy(update={"seeds": cfg.seeds}) == cfg
         except (ExmodelError, ValueError):
             same = False
         if not same:

@@ -121,7 +121,7 @@ def test_source_quality_measures_each_source(tmp_path, capsys):
     assert json.loads(out.read_text())["source_params"] == {"std": 0.2}
 
 
-def test_cil_benchmark_writes_incremental_accuracies(tmp_path):
+def test_cil_benchmark_writes_incremental_accuracies(tmp_path, capsys):
     cfg = {"name": "tiny_cil", "scenario": {"dataset": "mnist", "kind": "cil", "protocol": "from_scratch", "n_tasks": 2,
                                             "train_per_class": 10, "test_per_class": 5},
            "strategies": [{"name": "ft", "params": {"iterations": 3}},
@@ -137,3 +137,12 @@ def test_cil_benchmark_writes_incremental_accuracies(tmp_path):
     assert len(icarl["accuracy_after_task"]["per_seed"][0]) == 2
     assert 0 <= icarl["average_incremental_accuracy"]["mean"] <= 1
     assert data["strategies"]["ft"]["exemplar_bytes"]["mean"] == 0
+    # a run folder of another config: one error line, exit 2, the folder untouched
+    before = (tmp_path / "run" / "config.yaml").read_text()
+    cfg["strategies"][0]["params"]["iterations"] = 4
+    path.write_text(yaml.safe_dump(cfg))
+    assert load_script("cil").main(["--config", str(path), "--seeds", "0", "--out", str(tmp_path / "b2.json"),
+                                    "--run-dir", str(tmp_path / "run")]) == 2
+    assert (tmp_path / "run" / "config.yaml").read_text() == before and not (tmp_path / "b2.json").exists()
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("error: ") and "holds a run of a different config" in line

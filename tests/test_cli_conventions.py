@@ -82,6 +82,15 @@ def test_help_still_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
         assert "Usage: exmodel" in result.out and result.err == ""
 
 
+def test_every_command_has_a_line_in_the_listing(capsys: pytest.CaptureFixture[str]) -> None:
+    import re
+
+    listing = cli(capsys, "--help").out
+    rows = re.findall(r"^│ (\S+) +(.*?) *│$", listing.split("Commands")[1], flags=re.M)
+    described = {name: text for name, text in rows if name.isidentifier() or "-" in name}
+    assert "consolidate" in described and all(text for text in described.values()), described
+
+
 # ----------------------------------------------------------------------------------------- version, python -m
 def test_version(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     result = cli(capsys, "--version")

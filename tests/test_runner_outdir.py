@@ -18,6 +18,14 @@ def test_out_dir_accepts_older_config_without_new_default_keys(tmp_path):
 def test_out_dir_refuses_a_different_config(tmp_path):
     cfg = load_config(None, default={"name": "x", "strategies": [{"name": "oracle"}]})
     _check_out_dir(tmp_path, cfg)
-    other = load_config(None, default={"name": "x", "strategies": [{"name": "oracle"}], "seeds": [1]})
+    other = load_config(None, default={"name": "x", "strategies": [{"name": "oracle", "params": {"a": 1}}]})
     with pytest.raises(ExmodelError, match="holds a run of a different config"):
         _check_out_dir(tmp_path, other)
+
+
+def test_a_run_gains_seeds(tmp_path):
+    cfg = load_config(None, default={"name": "x", "strategies": [{"name": "oracle"}], "seeds": [0]})
+    _check_out_dir(tmp_path, cfg)
+    more = load_config(None, default={"name": "x", "strategies": [{"name": "oracle"}], "seeds": [0, 1, 2]})
+    _check_out_dir(tmp_path, more)
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["seeds"] == [0, 1, 2]
