@@ -146,3 +146,21 @@ def test_cil_benchmark_writes_incremental_accuracies(tmp_path, capsys):
     assert (tmp_path / "run" / "config.yaml").read_text() == before and not (tmp_path / "b2.json").exists()
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("error: ") and "holds a run of a different config" in line
+
+
+def test_skd_clone_benchmark_scores_each_variant_and_draws_the_figures(tmp_path, capsys):
+    mod = load_script("skd_clone")
+    out = tmp_path / "clone.json"
+    base = ["--out", str(out), "--seeds", "0", "--epochs", "2", "--lr-drop-every", "1", "--train-per-class", "20",
+            "--teacher-epochs", "1", "--batch-size", "8", "--width", "4"]
+    assert mod.main(base + ["--variants", "full,no_feature", "--figures", str(tmp_path / "fig")]) == 0
+    data = json.loads(out.read_text())
+    assert data["base_classes"] == [0, 1, 2, 3, 4] and (data["delegator_epochs"], data["lr_drop_every"]) == (2, 1)
+    assert set(data["variants"]) == {"full", "no_feature"}
+    run = data["variants"]["no_feature"]["runs"][0]
+    assert 0 <= run["clone_accuracy"] <= 1 and "feature" not in run["final_terms"]
+    assert "feature" in data["variants"]["full"]["runs"][0]["final_terms"]
+    assert (tmp_path / "fig" / "skd_samples_mnist.png").stat().st_size > 0
+    assert (tmp_path / "fig" / "skd_features_mnist.png").stat().st_size > 0
+    assert mod.main(base + ["--variants", "full,no_such"]) == 2
+    assert capsys.readouterr().err.strip() == "error: unknown variant no_such; available: " + ", ".join(mod.VARIANTS)
