@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                 g = DelegatorGenerator(info.input_shape, 100, args.width, helper_bn)
                 student = build_model("lenet_bn", **teacher.net.arch_kwargs)
             settings = replace(DelegatorSettings(epochs=args.epochs, batch_size=args.batch_size,
-                                                         lr_drop_every=args.lr_drop_every), **opts)
+                                                 lr_drop_every=args.lr_drop_every), **opts)
             t0 = time.perf_counter()
             terms = train_delegator(g, expert, student, settings, torch.Generator().manual_seed(seed))
             seconds = time.perf_counter() - t0
