@@ -31,6 +31,10 @@ def test_lwf_mc_loss_by_hand():
     # first task: one-hot targets on the seen units only, averaged over the batch
     first = lwf_mc_loss(logits.repeat(2, 1), torch.tensor([2, 2]), None, [], [2])
     assert float(first) == pytest.approx(bce(sig(2.0), 1.0), rel=1e-6)
+    # van de Ven et al.'s targets: the old logits divided by the temperature before the sigmoid
+    soft = lwf_mc_loss(logits, torch.tensor([2]), old, [0, 1], [0, 1, 2], temperature=2.0)
+    want = bce(sig(0.5), sig(0.5)) + bce(sig(-1.0), 0.5) + bce(sig(2.0), 1.0)
+    assert float(soft) == pytest.approx(want, rel=1e-6)
 
 
 def test_quadratic_penalty_by_hand():

@@ -60,3 +60,38 @@ def test_the_delegator_keeps_the_base_classes_that_fine_tuning_forgets():
             s.observe(Step(i, i, classes), None, quadrants(classes, seed=i))
         scores[name] = accuracy(s, (0, 1))
     assert scores["skd"] > scores["skd_without"] + 0.3, scores
+
+
+def test_explore_against_the_learner_moves_only_the_delegator():
+    s = build_strategy("skd", {**TINY, "iterations": 4, "delegator_epochs": 1, "finetune_epochs": 0, "explore_every": 2},
+                       INFO, seed=0)
+    s.observe(Step(0, 0, (0, 1)), None, quadrants((0, 1), n=8))
+    s.before_task(Step(1, 1, (2,)), None)
+    s.seen.append(2)
+    s.model.train()  # as in the training loop
+    for p in s.model.parameters():
+        p.grad = torch.ones_like(p)
+    learner = {k: v.clone() for k, v in s.model.state_dict().items()}
+    delegator = {k: v.clone() for k, v in s.delegator.state_dict().items()}
+    s.after_step(s.model)  # step 1 of 2: nothing yet
+    assert all(torch.equal(v, s.delegator.state_dict()[k]) for k, v in delegator.items())
+    s.after_step(s.model)
+    moved = [k for k, v in delegator.items() if not torch.equal(v, s.delegator.state_dict()[k])]
+    assert "fc.weight" in moved
+    # the learner's weights, BatchNorm statistics and the gradients of its step are left as they were
+    assert all(torch.equal(v, s.model.state_dict()[k]) for k, v in learner.items())
+    assert all(torch.equal(p.grad, torch.ones_like(p)) for p in s.model.parameters())
+    assert s.model.training
+
+
+def test_balanced_cls_weights_each_class_by_its_share_of_the_batch():
+    from exmodel.strategies.skd import class_balance_weights
+
+    w = class_balance_weights(torch.tensor([2, 2, 2, 0]), 4)
+    assert w.tolist() == pytest.approx([1.0, 0.0, 1 / 3, 0.0])
+    logits = torch.randn(4, 4)
+    y = torch.tensor([2, 2, 2, 0])
+    per = torch.nn.functional.cross_entropy(logits, y, reduction="none")
+    want = (per[:3].mean() + per[3]) / 2  # the mean of each class's mean loss
+    got = torch.nn.functional.cross_entropy(logits, y, weight=w)
+    assert float(got) == pytest.approx(float(want), rel=1e-6)

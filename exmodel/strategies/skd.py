@@ -34,7 +34,9 @@ from exmodel.strategies.base import Step, register_strategy
 from exmodel.strategies.cil.incremental import CILParams, IncrementalLearner
 from exmodel.strategies.cil.losses import aligned_weights, distillation_kl
 from exmodel.synthesis.delegator import DelegatorGenerator, DelegatorSettings, train_delegator
-from exmodel.synthesis.delegator_losses import feature_cosine_discrepancy
+from exmodel.synthesis.delegator_losses import (bn_norm_loss, class_balance_loss, feature_cosine_discrepancy,
+                                                pseudo_label_cross_entropy)
+from exmodel.synthesis.priors import BNStatsRecorder
 
 
 class SKDParams(CILParams):
@@ -57,6 +59,14 @@ class SKDParams(CILParams):
     # temperature kd_temperature, as LwF does), beside ψ on the features; 0: off (the paper)
     w_kd: float = Field(1.0, ge=0)
     kd_temperature: float = Field(2.0, gt=0)
+    # ours: L_cls as the mean of the per-class mean losses, so that the one new class (half the
+    # batch) weighs what each old class does; False: the plain batch mean (the paper)
+    balanced_cls: bool = False
+    # ours: during the incremental step, one explore step of the delegator every `explore_every`
+    # learner steps against the learner itself instead of a clone (Eq. 3 with T_{n+1} in S's place,
+    # plus L_cat, L_div and R_feature on T_n): it draws the old classes' images that the learner has
+    # started to see differently from T_n — where the new class is taking an old one; 0: off (the paper)
+    explore_every: int = Field(0, ge=0)
     # the delegator (Sec. III-B)
     z_dim: int = Field(100, ge=1)
     width: int = Field(16, ge=1)  # DFAD's generator has 64; 16 keeps a CPU epoch near 0.4 s
@@ -112,6 +122,8 @@ class SKD(IncrementalLearner):
             self.old_model = None
             return
         self.old_model = self.frozen_copy()
+        self.learner_steps = 0
+        self.explore_opt = torch.optim.Adam(self.delegator.parameters(), lr=self.params.explore_lr)
         self.new_classes_so_far += len(step.classes)
         n_incremental = max(1, self.info.n_experiences - 1)
         self.gamma = self.params.beta / (n_incremental * self.new_classes_so_far) if self.params.adaptive_weight else 1.0
@@ -133,7 +145,8 @@ class SKD(IncrementalLearner):
         logits = model.forward_head(features).masked_fill(~self.seen_mask(), float("-inf"))
         with torch.no_grad():
             old_features = self.old_model.forward_features(batch.x)
-        terms = {"cls": self.gamma * F.cross_entropy(logits, batch.y),
+        weight = class_balance_weights(batch.y, self.info.num_classes) if self.params.balanced_cls else None
+        terms = {"cls": self.gamma * F.cross_entropy(logits, batch.y, weight=weight),
                  "fc": self.params.w_fc * feature_cosine_discrepancy(old_features, features)}
         if self.params.w_kd:
             with torch.no_grad():
@@ -141,6 +154,30 @@ class SKD(IncrementalLearner):
             terms["kd"] = self.params.w_kd * distillation_kl(logits[:, self.old_classes], old_logits,
                                                              self.params.kd_temperature)
         return terms
+
+    def after_step(self, model: nn.Module) -> None:
+        p = self.params
+        if self.old_model is None or not p.use_delegator or not p.explore_every:
+            return
+        self.learner_steps += 1
+        if self.learner_steps % p.explore_every:
+            return
+        self.delegator.train()
+        was_training = model.training
+        model.eval()  # the learner as it predicts; its BatchNorm statistics stay the real data's
+        with BNStatsRecorder(self.old_model) as rec:
+            x01 = self.delegator(self.delegator.codes(p.delegator_batch, self.generator)) * model.std + model.mean
+            old_features = self.old_model.forward_features(x01)
+            old_logits = self.old_model.forward_head(old_features)[:, self.old_classes]
+            rec.enabled = False
+            loss = (-p.lam * feature_cosine_discrepancy(old_features, model.forward_features(x01))
+                    + p.w_cat * pseudo_label_cross_entropy(old_logits) + p.w_div * class_balance_loss(old_logits)
+                    + p.w_feature * bn_norm_loss(rec.stats))
+        params = list(self.delegator.parameters())
+        for param, grad in zip(params, torch.autograd.grad(loss, params), strict=True):
+            param.grad = grad
+        self.explore_opt.step()
+        model.train(was_training)
 
     def after_task(self, step: Step, data) -> None:
         if self.params.weight_aligning and self.old_classes:
@@ -167,6 +204,14 @@ class SKD(IncrementalLearner):
 
     def state(self) -> Any:
         return {"model": self.model, "delegator": self.delegator}
+
+
+def class_balance_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Per-class weights ``1 / n_c`` (``n_c``: the class's images in the batch; 0 for absent classes):
+    with them ``F.cross_entropy``'s weighted mean is the mean over the classes present of each class's
+    mean loss."""
+    counts = torch.bincount(labels, minlength=num_classes).to(torch.float32)
+    return torch.where(counts > 0, 1.0 / counts.clamp(min=1), torch.zeros_like(counts))
 
 
 register_strategy("skd_paper")(type("SKDPaper", (SKD,), {"Params": SKDPaperParams, "__doc__": SKD.__doc__}))

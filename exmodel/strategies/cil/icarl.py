@@ -19,14 +19,16 @@ import torch
 import torch.nn.functional as F
 
 from exmodel.strategies.base import Step, register_strategy
-from exmodel.strategies.cil.er import ER
-from exmodel.strategies.cil.lwf_mc import SigmoidDistillation
+from exmodel.strategies.cil.er import ER, ReplayParams
+from exmodel.strategies.cil.lwf_mc import SigmoidDistillation, SigmoidDistillationParams
 from exmodel.strategies.cil.memory import herding_selection
 from exmodel.strategies.joint import concat
 
 
 @register_strategy("icarl")
 class ICaRL(SigmoidDistillation, ER):
+    Params = type("ICaRLParams", (ReplayParams, SigmoidDistillationParams), {})
+
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.class_means = torch.zeros(self.info.num_classes, self.model.net.num_features, device=self.device)

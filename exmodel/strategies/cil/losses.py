@@ -20,17 +20,18 @@ import torch.nn.functional as F
 
 
 def lwf_mc_loss(logits: torch.Tensor, labels: torch.Tensor, old_logits: torch.Tensor | None,
-                old_classes: Sequence[int], seen: Sequence[int]) -> torch.Tensor:
+                old_classes: Sequence[int], seen: Sequence[int], temperature: float = 1.0) -> torch.Tensor:
     """Binary cross-entropy summed over the ``seen`` classes' units, averaged over the batch.
 
     ``logits``/``old_logits``: ``(B, K)`` over the whole label space (``old_logits`` from the frozen
-    previous model, ``None`` on the first task). Units outside ``seen`` take no part.
+    previous model, ``None`` on the first task). Units outside ``seen`` take no part. The old units'
+    targets are ``sigmoid(old_logits / temperature)``: 1 in iCaRL's paper, 2 in van de Ven et al.'s code.
     """
     seen_idx = torch.as_tensor(list(seen), dtype=torch.long, device=logits.device)
     targets = F.one_hot(labels, logits.shape[1]).to(logits.dtype)
     if old_logits is not None and len(old_classes):
         old_idx = torch.as_tensor(list(old_classes), dtype=torch.long, device=logits.device)
-        targets[:, old_idx] = torch.sigmoid(old_logits[:, old_idx])
+        targets[:, old_idx] = torch.sigmoid(old_logits[:, old_idx] / temperature)
     per_unit = F.binary_cross_entropy_with_logits(logits[:, seen_idx], targets[:, seen_idx], reduction="none")
     return per_unit.sum(dim=1).mean()
 

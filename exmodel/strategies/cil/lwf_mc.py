@@ -10,12 +10,19 @@ of the last task) outputs — the old model's knowledge is distilled through the
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from exmodel import loop
 from exmodel.strategies.base import Step, register_strategy
-from exmodel.strategies.cil.incremental import IncrementalLearner
+from exmodel.strategies.cil.incremental import CILParams, IncrementalLearner
 from exmodel.strategies.cil.losses import lwf_mc_loss
+
+
+class SigmoidDistillationParams(CILParams):
+    # the old units' targets are sigmoid(old logit / T): T = 1 in iCaRL's paper (Rebuffi et al. 2017),
+    # T = 2 in van de Ven et al.'s code (their `--temp`, default 2), whose Split-MNIST figures we compare with
+    distill_temperature: float = Field(1.0, gt=0)
 
 
 class SigmoidDistillation:
@@ -35,7 +42,8 @@ class SigmoidDistillation:
         if self.old_model is not None:
             with torch.no_grad():
                 old = self.old_model(batch.x)
-        return {"bce": lwf_mc_loss(model(batch.x), batch.y, old, self.old_classes, self.seen)}
+        return {"bce": lwf_mc_loss(model(batch.x), batch.y, old, self.old_classes, self.seen,
+                                   self.params.distill_temperature)}
 
     def keep_old_model(self) -> None:
         self.old_model = self.frozen_copy()
@@ -43,6 +51,8 @@ class SigmoidDistillation:
 
 @register_strategy("lwf_mc")
 class LwFMC(SigmoidDistillation, IncrementalLearner):
+    Params = SigmoidDistillationParams
+
     def after_task(self, step: Step, data) -> None:
         self.keep_old_model()
 
