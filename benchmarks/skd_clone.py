@@ -36,9 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--variants", default=",".join(VARIANTS))
-    ap.add_argument("--epochs", type=int, default=400, help="delegator epochs (5 imitate + 1 explore steps each)")
+    ap.add_argument("--epochs", type=int, default=400, help="delegator epochs (imitate steps + 1 explore step each)")
     ap.add_argument("--lr-drop-every", type=int, default=200,
                     help="divide both delegator learning rates by 10 every this many epochs (the paper: 100 of 200)")
+    ap.add_argument("--imitate-steps", type=int, default=5, help="clone steps per delegator epoch (Algorithm 1: 5)")
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--teacher-epochs", type=int, default=2)
@@ -75,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     x_test, y_test = test.float_images(), test.labels
     rows: dict[str, list[dict]] = {v: [] for v in variants}
     teacher_acc = []
-    for seed in [int(s) for s in args.seeds.split(",")]:
+    seeds = [int(s) for s in args.seeds.split(",")]
+    for seed in seeds:
         with seeded(seed):
             teacher = Learner(info, "lenet_bn")
         fit(teacher, train, FitSettings(epochs=args.teacher_epochs), torch.Generator().manual_seed(seed))
@@ -91,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
                 g = DelegatorGenerator(info.input_shape, 100, args.width, helper_bn)
                 student = build_model("lenet_bn", **teacher.net.arch_kwargs)
             settings = replace(DelegatorSettings(epochs=args.epochs, batch_size=args.batch_size,
-                                                 lr_drop_every=args.lr_drop_every), **opts)
+                                                 imitate_steps=args.imitate_steps, lr_drop_every=args.lr_drop_every),
+                               **opts)
             t0 = time.perf_counter()
             terms = train_delegator(g, expert, student, settings, torch.Generator().manual_seed(seed))
             seconds = time.perf_counter() - t0
@@ -106,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                             "agreement_with_teacher": agree, "seconds": round(seconds, 1), "final_terms": terms})
             print(f"seed {seed} {v:<13} T0 {100 * teacher_acc[-1]:6.2f}  S0 {100 * acc:6.2f}  "
                   f"agreement {100 * agree:6.2f}  {seconds:6.1f} s", flush=True)
-            if args.figures and v == "full" and seed == int(args.seeds.split(",")[0]):
+            if args.figures and v == "full" and seed == seeds[0]:
                 _figures(Path(args.figures), args.dataset, g, teacher, base, x_test, y_test, t_feat, seed)
 
     def stat(values):
@@ -114,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         return {"mean": float(t.mean()), "std": float(t.std()) if len(t) > 1 else 0.0, "per_seed": values}
 
     out = {"benchmark": "skd_clone", "dataset": args.dataset, "base_classes": base, "delegator_epochs": args.epochs,
-           "lr_drop_every": args.lr_drop_every,
-           "width": args.width, "batch_size": args.batch_size, "environment": environment([0], "cpu"),
+           "lr_drop_every": args.lr_drop_every, "imitate_steps": args.imitate_steps,
+           "width": args.width, "batch_size": args.batch_size, "environment": environment(seeds, "cpu"),
            "teacher_accuracy": stat(teacher_acc),
            "variants": {v: {"clone_accuracy": stat([r["clone_accuracy"] for r in rs]),
                             "agreement_with_teacher": stat([r["agreement_with_teacher"] for r in rs]),

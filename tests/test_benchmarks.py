@@ -151,11 +151,12 @@ def test_cil_benchmark_writes_incremental_accuracies(tmp_path, capsys):
 def test_skd_clone_benchmark_scores_each_variant_and_draws_the_figures(tmp_path, capsys):
     mod = load_script("skd_clone")
     out = tmp_path / "clone.json"
-    base = ["--out", str(out), "--seeds", "0", "--epochs", "2", "--lr-drop-every", "1", "--train-per-class", "20",
-            "--teacher-epochs", "1", "--batch-size", "8", "--width", "4"]
+    base = ["--out", str(out), "--seeds", "1", "--epochs", "2", "--lr-drop-every", "1", "--train-per-class", "20",
+            "--teacher-epochs", "1", "--batch-size", "8", "--width", "4", "--imitate-steps", "2"]
     assert mod.main(base + ["--variants", "full,no_feature", "--figures", str(tmp_path / "fig")]) == 0
     data = json.loads(out.read_text())
     assert data["base_classes"] == [0, 1, 2, 3, 4] and (data["delegator_epochs"], data["lr_drop_every"]) == (2, 1)
+    assert data["imitate_steps"] == 2 and data["environment"]["seeds"] == [1]
     assert set(data["variants"]) == {"full", "no_feature"}
     run = data["variants"]["no_feature"]["runs"][0]
     assert 0 <= run["clone_accuracy"] <= 1 and "feature" not in run["final_terms"]
@@ -164,3 +165,32 @@ def test_skd_clone_benchmark_scores_each_variant_and_draws_the_figures(tmp_path,
     assert (tmp_path / "fig" / "skd_features_mnist.png").stat().st_size > 0
     assert mod.main(base + ["--variants", "full,no_such"]) == 2
     assert capsys.readouterr().err.strip() == "error: unknown variant no_such; available: " + ", ".join(mod.VARIANTS)
+
+
+def _cil_json(path, curves, exemplar_free=True):
+    strategies = {name: {"exemplar_free": exemplar_free, "accuracy_after_task": {"per_seed": per_seed}}
+                  for name, per_seed in curves.items()}
+    path.write_text(json.dumps({"benchmark": "cil", "strategies": strategies}))
+    return str(path)
+
+
+def test_cil_figure_merges_runs_renames_and_refuses_collisions(tmp_path, capsys):
+    mod = load_script("cil_figure")
+    new = _cil_json(tmp_path / "new.json", {"skd": [[1.0, 0.9, 0.8], [1.0, 0.8, 0.7]]})
+    old = _cil_json(tmp_path / "old.json", {"skd": [[1.0, 0.6, 0.5]], "icarl": [[1.0, 0.9, 0.9]]}, False)
+    merged = mod.merge([new, old + "#skd=skd_old"])
+    assert list(merged["strategies"]) == ["skd", "skd_old", "icarl"]
+    assert merged["strategies"]["skd_old"]["accuracy_after_task"]["per_seed"] == [[1.0, 0.6, 0.5]]
+    out = tmp_path / "fig.png"
+    assert mod.main([new, old + "#skd=skd_old", "--out", str(out), "--title", "t"]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "(3 strategies)" in capsys.readouterr().out
+    assert mod.main([new, old, "--out", str(tmp_path / "no.png")]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == f"error: strategy 'skd' is in both {new} and {old}: rename one with {old}#skd=NEW_NAME"
+    assert not (tmp_path / "no.png").exists()
+    assert mod.main([old + "#ft=x", "--out", str(out)]) == 2
+    assert "no strategy ft to rename (it has skd, icarl)" in capsys.readouterr().err
+    short = _cil_json(tmp_path / "short.json", {"ft": [[1.0, 0.5]]})
+    assert mod.main([new, short, "--out", str(out)]) == 2
+    assert "different numbers of tasks ([2, 3])" in capsys.readouterr().err

@@ -46,7 +46,7 @@ def plot_accuracy_after_task(results: Mapping[str, Any], path: str | os.PathLike
         steps = max(steps, mean.size)
         color = colors[k % len(colors)]
         ax.plot(x, mean * 100, linestyle="-" if exemplar_free else "--", marker="o", markersize=4, color=color,
-                label=name if exemplar_free else f"{name} (keeps exemplars)")
+                label=name if exemplar_free else f"{name} (keeps images)")
         if std is not None:
             ax.fill_between(x, np.clip(mean - std, 0, 1) * 100, np.clip(mean + std, 0, 1) * 100, color=color,
                             alpha=0.15, linewidth=0)
