@@ -163,9 +163,18 @@ def train_experts(config: Optional[Path] = typer.Argument(None, help="YAML confi
 
 
 @app.command()
-def inspect(bundle: Path = typer.Argument(..., help="An expert bundle folder (card.json + weights.safetensors)."),
-            as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON.")) -> None:
-    """Validate an expert bundle and show its card."""
+def inspect(bundle: Path = typer.Argument(..., help="An expert bundle folder (card.json + weights.safetensors), "
+                                                    "or a saved M²KD learner (a .safetensors file)."),
+            as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+            rebuild: Optional[int] = typer.Option(None, "--rebuild",
+                                                  help="M²KD learner: rebuild the model of this step (1 = the first)."),
+            out: Optional[Path] = typer.Option(None, "--out", help="With --rebuild: write that model here as a bundle.")
+            ) -> None:
+    """Validate an expert bundle and show its card; or show what a saved M²KD learner holds."""
+    if bundle.is_file() and bundle.suffix == ".safetensors":
+        return _inspect_learner(bundle, as_json, rebuild, out)
+    if rebuild is not None or out is not None:
+        raise ExmodelError("--rebuild and --out apply to a saved M²KD learner (a .safetensors file)")
     from exmodel.experts.bundle import inspect_bundle
 
     info = inspect_bundle(bundle)
@@ -180,6 +189,41 @@ def inspect(bundle: Path = typer.Argument(..., help="An expert bundle folder (ca
         from exmodel.errors import BundleError
 
         raise BundleError(info["verification_error"])
+
+
+def _inspect_learner(path: Path, as_json: bool, rebuild: Optional[int], out: Optional[Path]) -> None:
+    from exmodel.strategies.cil.learner_file import describe, load_learner
+
+    if (rebuild is None) != (out is None):
+        raise ExmodelError("--rebuild STEP and --out FOLDER go together")
+    if out is not None:
+        from exmodel.experts.bundle import check_target
+
+        check_target(out)
+    strategy = load_learner(path)
+    summary = describe(strategy)
+    if rebuild is not None:
+        if not 1 <= rebuild <= summary["steps"]:
+            raise ExmodelError(f"--rebuild {rebuild}: {path} holds steps 1..{summary['steps']}")
+        from exmodel.experts.bundle import save_bundle
+
+        seen = sorted({c for g in strategy.groups[:rebuild] for c in g})
+        expert = strategy.snapshot(rebuild).as_expert(seen, name=f"{path.stem}-step{rebuild}",
+                                                      training={"rebuilt_from": path.name, "step": rebuild})
+        save_bundle(expert, out)
+        summary["rebuilt"] = {"step": rebuild, "classes": seen, "bundle": str(out)}
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    out_console.print(f"{summary['strategy']}: {summary['steps']} steps, classes "
+                      + " | ".join(",".join(map(str, g)) for g in summary["classes_per_step"]))
+    for row in summary.get("layers", []):
+        owned = " ".join(f"{n:>7}" for n in row["owned_per_step"])
+        out_console.print(f"  {row['layer']:<28} {row['weights']:>8} weights  per step {owned}  free {row['free']:>7}")
+    if "snapshots_kept" in summary:
+        out_console.print(f"  snapshots kept: steps {summary['snapshots_kept']}")
+    if "rebuilt" in summary:
+        out_console.print(f"step {rebuild} rebuilt: {out}")
 
 
 @app.command()

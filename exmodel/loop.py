@@ -25,7 +25,7 @@ from torch import nn
 from exmodel.progress import Progress
 
 Optimizer = Literal["sgd", "adam", "adamw"]
-LRSchedule = Literal["constant", "cosine", "step"]
+LRSchedule = Literal["constant", "cosine", "step", "half5"]
 OPTIMIZERS: tuple[str, ...] = Optimizer.__args__  # type: ignore[attr-defined]
 LR_SCHEDULES: tuple[str, ...] = LRSchedule.__args__  # type: ignore[attr-defined]
 
@@ -68,8 +68,10 @@ def make_schedule(opt: torch.optim.Optimizer, schedule: str, iterations: int):
     """The per-iteration learning-rate scheduler of ``schedule`` (None for "constant")."""
     if schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, iterations)
-    if schedule == "step":
+    if schedule == "step":  # ÷10 at 1/2 and 3/4 (iCaRL, SKD)
         return torch.optim.lr_scheduler.MultiStepLR(opt, [iterations // 2, (3 * iterations) // 4], 0.1)
+    if schedule == "half5":  # ÷5 at 1/2 (M²KD: every 40 of 80 epochs)
+        return torch.optim.lr_scheduler.MultiStepLR(opt, [iterations // 2], 0.2)
     return None
 
 

@@ -56,8 +56,9 @@ def stream_info(stream: Stream, data_dir=None) -> StreamInfo:
 
 
 def run_cell(cfg: RunConfig, strategy_name: str, stream: Stream, experts: list, seed: int, *,
-             data_dir=None, progress: Progress | None = None, log=None) -> dict:
-    """Run one strategy over one stream; returns the cell record (plain JSON types)."""
+             data_dir=None, progress: Progress | None = None, log=None, save_dir: Path | None = None) -> dict:
+    """Run one strategy over one stream; returns the cell record (plain JSON types). A strategy that
+    can save its learner (``save_learner``) writes it to ``save_dir/<strategy>-seed<seed>.safetensors``."""
     scfg = next(s for s in cfg.strategies if s.name == strategy_name)
     strategy = build_strategy(scfg.strategy_type, scfg.params, stream_info(stream, data_dir), seed, cfg.device)
     T = len(stream)
@@ -87,6 +88,10 @@ def run_cell(cfg: RunConfig, strategy_name: str, stream: Stream, experts: list, 
                 progress.advance(task)
     if task is not None:
         progress.remove(task)
+    if save_dir is not None and hasattr(strategy, "save_learner"):
+        saved = strategy.save_learner(Path(save_dir) / f"{strategy_name}-seed{seed}.safetensors")
+        if log:
+            log("learner_saved", strategy=strategy_name, seed=seed, path=str(saved))
     aware_headline = stream.multi_task
     R, R_aware = agnostic.matrix, aware.matrix
     R_main = R_aware if aware_headline else R
@@ -213,7 +218,8 @@ def run_experiment(cfg: RunConfig, out: Path, *, data_dir=None, cache_dir: Path 
                 if progress:
                     progress.log(f"warning: {path} is unreadable; computing the cell again")
             t0 = time.perf_counter()
-            record = run_cell(cfg, s.name, stream, experts, seed, data_dir=resolved, progress=progress, log=log)
+            record = run_cell(cfg, s.name, stream, experts, seed, data_dir=resolved, progress=progress, log=log,
+                              save_dir=out / "learners")
             atomic_write_json(path, record)
             cells[s.name][seed] = record
             log("cell_done", strategy=s.name, seed=seed, stream_accuracy=record["stream_accuracy"],

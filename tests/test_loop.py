@@ -75,7 +75,7 @@ def test_ed_params_for_the_training_aids_are_checked():
 
     nc = StreamInfo("nc", 4, (1, 8, 8), (0.1,), (0.3,), ((0, 1), (2, 3)), 2)
     mt = StreamInfo("mt", 4, (1, 8, 8), (0.1,), (0.3,), ((0, 1), (2, 3)), 2)
-    with pytest.raises(ExmodelError, match="param lr_schedule: Input should be 'constant', 'cosine' or 'step'"):
+    with pytest.raises(ExmodelError, match="param lr_schedule: Input should be 'constant', 'cosine', 'step' or 'half5'"):
         build_strategy("noise_ed", {"lr_schedule": "linear"}, nc, 0)
     with pytest.raises(ExmodelError, match="param optimizer: Input should be 'sgd', 'adam' or 'adamw'"):
         build_strategy("noise_ed", {"optimizer": "adamx"}, nc, 0)  # once silently trained with SGD
@@ -196,3 +196,16 @@ def test_the_step_schedule_divides_the_rate_by_ten_at_half_and_three_quarters():
         sched.step()
     assert rates == pytest.approx([0.1] * 4 + [0.01] * 2 + [0.001] * 2)
     assert make_schedule(opt, "constant", 8) is None
+
+
+def test_the_half5_schedule_divides_the_rate_by_five_at_half():
+    from exmodel.loop import make_schedule
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
+    sched = make_schedule(opt, "half5", 6)
+    rates = []
+    for _ in range(6):
+        rates.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert rates == pytest.approx([2.0] * 3 + [0.4] * 3)

@@ -33,6 +33,7 @@ from pydantic import Field
 from torch import nn
 
 from exmodel import loop
+from exmodel.loop import LRSchedule
 from exmodel.models import build_model
 from exmodel.rng import seeded
 from exmodel.strategies.base import Step, register_strategy
@@ -48,7 +49,7 @@ class SKDParams(CILParams):
     arch: str = "lenet_bn"  # R_feature needs BatchNorm layers in the learner
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
     lr: float = Field(0.01, gt=0)
-    lr_schedule: Literal["constant", "cosine", "step"] = "cosine"
+    lr_schedule: LRSchedule = "cosine"
     weight_decay: float = Field(5e-4, ge=0)
     iterations: int = Field(600, ge=1)
     # the incremental step (Sec. III-C)
@@ -100,7 +101,7 @@ class SKDPaperParams(SKDParams):
     every 100) and fine-tuned for 40 per task, batches of 64 instead of 1,024."""
 
     lr: float = Field(0.1, gt=0)
-    lr_schedule: Literal["constant", "cosine", "step"] = "step"
+    lr_schedule: LRSchedule = "step"
     iterations: int = Field(1200, ge=1)
     weight_aligning: bool = False
     w_kd: float = Field(0.0, ge=0)

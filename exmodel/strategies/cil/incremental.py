@@ -9,6 +9,8 @@ seen so far. A method says only what differs:
 
 * ``extra_terms(model, batch)`` — regularisers and distillation terms, a dict of named scalars;
 * ``before_task(step, data)`` / ``after_task(step, data)`` — snapshots, importances, exemplars;
+* ``finish_training(step, retrain)`` — more training on the step's data once the first pass is done
+  (M²KD's fine-tuning after pruning);
 * ``replay(batch_size)`` — a batch of kept exemplars to train on beside the new data, or
   ``training_set(data)`` — the data to train on (iCaRL's new data plus exemplars);
 * ``loss`` — to replace the cross-entropy itself (LwF-MC's and iCaRL's sigmoid loss).
@@ -21,6 +23,8 @@ as their code sets them (``param_values.py`` of GMvandeVen/continual-learning): 
 from __future__ import annotations
 
 import copy
+import dataclasses
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -29,6 +33,7 @@ from pydantic import Field
 from torch import nn
 
 from exmodel import loop
+from exmodel.loop import LRSchedule
 from exmodel.data.types import ImageDataset
 from exmodel.rng import seeded
 from exmodel.strategies.base import Params, Step, Strategy
@@ -45,7 +50,7 @@ class CILParams(Params):
     lr: float = Field(1e-3, gt=0)
     momentum: float = Field(0.9, ge=0)
     weight_decay: float = Field(0.0, ge=0)
-    lr_schedule: Literal["constant", "cosine", "step"] = "constant"
+    lr_schedule: LRSchedule = "constant"
 
 
 class IncrementalLearner(Strategy):
@@ -84,6 +89,11 @@ class IncrementalLearner(Strategy):
     def after_step(self, model: nn.Module) -> None:
         pass
 
+    def finish_training(self, step: Step, retrain: Callable[[float, str], loop.LossLog]) -> None:
+        """After the step's training, before ``after_task``: ``retrain(fraction, label)`` trains again
+        on the same batches and loss, for that fraction of the step's iterations (M²KD fine-tunes
+        after pruning)."""
+
     # ------------------------------------------------------------------ the shared step
 
     def seen_mask(self) -> torch.Tensor:
@@ -120,9 +130,14 @@ class IncrementalLearner(Strategy):
                 x, y = torch.cat([x, kept[0].to(self.device)]), torch.cat([y, kept[1].to(self.device)])
             return loop.Batch(x, y)
 
-        log = loop.train_loop(self.model, draw, self.loss, self.settings(len(train)), self.generator, progress=progress,
-                              description=f"{self.type_name} task {step.index}", after_step=self.after_step)
-        self.loss_log[step.index] = log.means()
+        def retrain(fraction: float, what: str) -> loop.LossLog:
+            settings = self.settings(len(train))
+            settings = dataclasses.replace(settings, iterations=max(1, round(fraction * settings.iterations)))
+            return loop.train_loop(self.model, draw, self.loss, settings, self.generator, progress=progress,
+                                   description=f"{self.type_name} task {step.index}{what}", after_step=self.after_step)
+
+        self.loss_log[step.index] = retrain(1.0, "").means()
+        self.finish_training(step, retrain)
         self.after_task(step, data)
 
     @torch.no_grad()

@@ -3,6 +3,10 @@
 * :func:`lwf_mc_loss` — LwF's multi-class form as iCaRL trains it (Rebuffi et al. 2017, Sec. 2.4;
   Eq. 1 of the M²KD paper): one sigmoid per class seen so far; the new classes' targets are the
   one-hot labels, the old classes' targets the previous model's sigmoid outputs.
+* :func:`multi_model_distillation_loss` — M²KD's Eq. 2: LwF-MC's loss where each old class group's
+  units are distilled from the model of the step that brought that group, not from the last model;
+* :func:`auxiliary_distillation_loss` — M²KD's Eq. 3: the same for the auxiliary classifier on an
+  intermediate feature map, plus α · BCE of every seen unit against the labels;
 * :func:`distillation_kl` — Hinton et al.'s knowledge distillation, ``T² · KL(softmax(z_old/T) ‖
   softmax(z/T))`` averaged over the batch (LwF's loss with T = 2);
 * :func:`aligned_weights` — weight aligning (Zhao et al. 2020, Eq. 5): the new classes' head weights
@@ -64,3 +68,49 @@ def distillation_kl(logits: torch.Tensor, old_logits: torch.Tensor, temperature:
     log_p = F.log_softmax(logits / t, dim=1)
     p_old = F.softmax(old_logits / t, dim=1)
     return (t * t) * (p_old * (torch.log(p_old.clamp_min(1e-12)) - log_p)).sum(1).mean()
+
+
+def group_targets(shape: torch.Size, teachers: Sequence[tuple[Sequence[int], torch.Tensor]]
+                  ) -> tuple[torch.Tensor, list[int]]:
+    """``(B, K)`` logits whose columns of each group come from that group's teacher, and the classes
+    they cover. ``teachers``: ``(classes, teacher logits (B, K))`` per old class group."""
+    out, covered = None, []
+    for classes, logits in teachers:
+        if out is None:
+            out = torch.zeros(shape, dtype=logits.dtype, device=logits.device)
+        idx = list(classes)
+        out[:, idx] = logits[:, idx]
+        covered += idx
+    if len(set(covered)) != len(covered):
+        raise ValueError(f"class groups overlap: {covered}")
+    return out, covered
+
+
+def multi_model_distillation_loss(logits: torch.Tensor, labels: torch.Tensor,
+                                  teachers: Sequence[tuple[Sequence[int], torch.Tensor]], seen: Sequence[int],
+                                  temperature: float = 1.0) -> torch.Tensor:
+    """Eq. 2 of M²KD: binary cross-entropy summed over the ``seen`` units, batch mean; the units of old
+    group k target ``sigmoid(teacher_k / T)``, the other seen units the one-hot labels. With one
+    teacher for every old class it is :func:`lwf_mc_loss`."""
+    old, covered = group_targets(logits.shape, teachers)
+    return lwf_mc_loss(logits, labels, old, covered, seen, temperature)
+
+
+def auxiliary_distillation_loss(aux_logits: torch.Tensor, labels: torch.Tensor,
+                                teachers: Sequence[tuple[Sequence[int], torch.Tensor]], seen: Sequence[int],
+                                alpha: float, labels_on_old_units: bool = True) -> torch.Tensor:
+    """Eq. 3 of M²KD: BCE of the old groups' auxiliary units against their step's auxiliary sigmoid
+    outputs, plus ``alpha`` × BCE of every seen unit against the one-hot labels (the paper keeps the
+    ground truth on all units here), both summed over units and averaged over the batch.
+    ``labels_on_old_units=False`` puts the labels on the units no teacher covers only, as Eq. 2 does."""
+    old, covered = group_targets(aux_logits.shape, teachers)
+    hard_units = list(seen) if labels_on_old_units else [c for c in seen if c not in set(covered)]
+    hard_idx = torch.as_tensor(hard_units, dtype=torch.long, device=aux_logits.device)
+    onehot = F.one_hot(labels, aux_logits.shape[1]).to(aux_logits.dtype)
+    hard = F.binary_cross_entropy_with_logits(aux_logits[:, hard_idx], onehot[:, hard_idx], reduction="none")
+    total = alpha * hard.sum(dim=1).mean()
+    if covered:
+        idx = torch.as_tensor(covered, dtype=torch.long, device=aux_logits.device)
+        soft = F.binary_cross_entropy_with_logits(aux_logits[:, idx], torch.sigmoid(old[:, idx]), reduction="none")
+        total = total + soft.sum(dim=1).mean()
+    return total

@@ -23,6 +23,9 @@ class SigmoidDistillationParams(CILParams):
     # the old units' targets are sigmoid(old logit / T): T = 1 in iCaRL's paper (Rebuffi et al. 2017),
     # T = 2 in van de Ven et al.'s code (their `--temp`, default 2), whose Split-MNIST figures we compare with
     distill_temperature: float = Field(1.0, gt=0)
+    # the BCE summed over the seen units (default), or averaged over them as iCaRL's and M²KD's code
+    # average it — what their SGD learning rate of 2.0 is meant for
+    average_units: bool = False
 
 
 class SigmoidDistillation:
@@ -42,8 +45,8 @@ class SigmoidDistillation:
         if self.old_model is not None:
             with torch.no_grad():
                 old = self.old_model(batch.x)
-        return {"bce": lwf_mc_loss(model(batch.x), batch.y, old, self.old_classes, self.seen,
-                                   self.params.distill_temperature)}
+        bce = lwf_mc_loss(model(batch.x), batch.y, old, self.old_classes, self.seen, self.params.distill_temperature)
+        return {"bce": bce / len(self.seen) if self.params.average_units else bce}
 
     def keep_old_model(self) -> None:
         self.old_model = self.frozen_copy()

@@ -1,0 +1,270 @@
+"""``m2kd``: multi-model and multi-level knowledge distillation (Zhou et al. 2020, "M²KD: Incremental
+Learning via Multi-model and Multi-level Knowledge Distillation"), its ablations and its iCaRL forms.
+
+LwF-MC distils every old class from the *last* model, so what step 1 knew reaches step 5 only through
+steps 2, 3 and 4. M²KD distils each old class group from the model of the step that brought it:
+
+* **multi-model distillation** (Eq. 2): sigmoid units; group ``k``'s units target the sigmoid outputs
+  of step ``k``'s model, the current classes their labels (``multi_model``; ``skip`` = Sec. 4.4's
+  "skip1/skip2": the first groups are taught by a later model);
+* **auxiliary distillation** (Eq. 3-4): a classifier on an intermediate feature map (training only),
+  distilled the same way from each step's auxiliary classifier, plus α · BCE on the labels; the total
+  is ``L_MMD + λ · L_AD`` with α = 0.5, λ = 1 (Sec. 4.2);
+* **model reconstruction** (Sec. 3.3, Algorithm 1): after each step the largest ``1 − ratio`` of the
+  still-free weights of every convolution and hidden linear layer are frozen under the step's id, the
+  rest zeroed and released, and the step fine-tuned for half its iterations (the paper: half the
+  epochs); each step's biases, BatchNorm and classifiers are saved. Every earlier model is rebuilt
+  bit for bit from the current one (:class:`~exmodel.strategies.cil.masks.StepMasks`), so nothing
+  but the masks and those small tensors is kept. Ratio 0.75 for fewer than 20 classes per step, 0.8
+  otherwise (Sec. 4.2). ``prune_ratio: null`` keeps every snapshot instead (``m2kd_noprune``: the
+  upper bound).
+
+Registered forms: ``lwf_mc_aux`` (LwF-MC + auxiliary distillation), ``lwf_mc_mmd`` (multi-model
+only), ``m2kd_noprune``, ``m2kd_paper``, ``m2kd_skip1``, ``m2kd_skip2``, ``m2kd`` (our default), and
+with iCaRL's exemplars and nearest-mean classifier ``icarl_aux`` and ``icarl_m2kd`` (Sec. 4.6).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from exmodel import loop
+from exmodel.rng import seeded
+from exmodel.strategies.base import Step, register_strategy
+from exmodel.strategies.cil.auxiliary import attach_auxiliary, default_layer, forward_with_aux
+from exmodel.strategies.cil.er import ReplayParams
+from exmodel.strategies.cil.icarl import ICaRL
+from exmodel.strategies.cil.incremental import IncrementalLearner
+from exmodel.strategies.cil.losses import auxiliary_distillation_loss, multi_model_distillation_loss
+from exmodel.strategies.cil.lwf_mc import SigmoidDistillationParams
+from exmodel.strategies.cil.masks import StepMasks, check_capacity, prunable_names
+
+
+class M2KDParams(SigmoidDistillationParams):
+    multi_model: bool = True  # Eq. 2; False: every old unit from the last model (Eq. 1, LwF-MC)
+    skip: int = Field(0, ge=0)  # Sec. 4.4: the first `skip` steps' groups taught by step skip + 1's model
+    aux: bool = True  # auxiliary distillation (Eq. 3-4)
+    aux_layer: str | None = None  # None: block2 of a LeNet, layer2 of a ResNet, hidden.0 of an MLP
+    aux_alpha: float = Field(0.5, ge=0)  # α of Eq. 3
+    aux_weight: float = Field(1.0, ge=0)  # λ of Eq. 4
+    aux_labels_on_old: bool = True  # Eq. 3 puts the labels on every unit; False: on the new units only
+    prune_ratio: float | None = Field(0.75, gt=0, lt=1)  # None: keep every snapshot (no reconstruction)
+    finetune_fraction: float = Field(0.5, ge=0)  # after pruning, this share of the step's iterations
+
+
+def teacher_steps(n_old_groups: int, multi_model: bool, skip: int) -> list[int]:
+    """For each old class group ``g = 1..n`` (the classes step ``g`` brought), the step whose model
+    teaches its units: ``g`` itself (Eq. 2), the last step (Eq. 1), or for the first ``skip`` groups
+    step ``skip + 1`` (at most the last)."""
+    last = n_old_groups
+    if not multi_model:
+        return [last] * n_old_groups
+    return [min(max(g, skip + 1), last) for g in range(1, n_old_groups + 1)]
+
+
+def steps_still_needed(finished: int, multi_model: bool, skip: int) -> set[int]:
+    """The finished steps whose models a later step may still ask for (the snapshots to keep)."""
+    if finished == 0:
+        return set()
+    if not multi_model:
+        return {finished}
+    return {finished} | set(range(skip + 1, finished + 1))
+
+
+class MultiLevelDistillation:
+    """Mixin for an :class:`IncrementalLearner` (and :class:`ICaRL`): Eq. 2-4's loss, the auxiliary
+    classifier, and the teachers rebuilt from masks or kept as snapshots."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        p = self.params
+        if p.aux:
+            with seeded(self.seed + 2):  # its initial weights: from this seed, not torch's global generator
+                attach_auxiliary(self.model, p.aux_layer or default_layer(p.arch))
+        self.groups: list[tuple[int, ...]] = []  # the classes each finished step brought
+        self.snapshots: dict[int, nn.Module] = {}  # without pruning: step id -> its frozen model
+        self.teachers: list[tuple[tuple[int, ...], nn.Module]] = []  # during a step: (group, its teacher)
+        self.masks: StepMasks | None = None
+        self.finetune_log: dict[int, dict[str, float]] = {}
+        if p.prune_ratio is not None:
+            heads = [self.model.net.head] if hasattr(self.model.net, "head") else []
+            skip = heads + ([self.model.aux] if p.aux else []) + list(self.model.task_heads.values())
+            self.masks = StepMasks(self.model, prunable_names(self.model, skip=skip))
+            check_capacity(self.masks.sizes(), p.prune_ratio, self.info.n_experiences)
+
+    # ------------------------------------------------------------------ teachers
+
+    def snapshot(self, step_id: int) -> nn.Module:
+        """The frozen model of finished step ``step_id`` (1-based), rebuilt or kept."""
+        if self.masks is not None:
+            return self.masks.rebuild(self.model, step_id)
+        return self.snapshots[step_id]
+
+    def before_task(self, step: Step, data) -> None:
+        super().before_task(step, data)
+        steps = teacher_steps(len(self.groups), self.params.multi_model, self.params.skip)
+        models = {k: self.snapshot(k) for k in sorted(set(steps))}
+        self.teachers = [(group, models[k]) for group, k in zip(self.groups, steps)]
+        if self.masks is not None:
+            self.masks.train_free(self.model)
+
+    def _outputs(self, model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return forward_with_aux(model, x) if self.params.aux else (model(x), None)
+
+    def loss(self, model: nn.Module, batch: loop.Batch) -> dict[str, torch.Tensor]:
+        p = self.params
+        logits, aux = self._outputs(model, batch.x)
+        main, side, cache = [], [], {}
+        with torch.no_grad():
+            for group, teacher in self.teachers:
+                if id(teacher) not in cache:
+                    cache[id(teacher)] = self._outputs(teacher, batch.x)
+                t_logits, t_aux = cache[id(teacher)]
+                main.append((group, t_logits))
+                side.append((group, t_aux))
+        scale = 1.0 / len(self.seen) if p.average_units else 1.0
+        terms = {"mmd": scale * multi_model_distillation_loss(logits, batch.y, main, self.seen, p.distill_temperature)}
+        if p.aux:
+            terms["aux"] = scale * p.aux_weight * auxiliary_distillation_loss(aux, batch.y, side, self.seen,
+                                                                              p.aux_alpha, p.aux_labels_on_old)
+        return terms
+
+    # ------------------------------------------------------------------ masks
+
+    def after_step(self, model: nn.Module) -> None:
+        super().after_step(model)
+        if self.masks is not None:
+            self.masks.hold(model)
+
+    def finish_training(self, step: Step, retrain) -> None:
+        super().finish_training(step, retrain)
+        if self.masks is None:
+            return
+        step_id = len(self.groups) + 1
+        self.masks.prune(self.model, step_id, self.params.prune_ratio)
+        if self.params.finetune_fraction > 0:
+            self.masks.train_owned(self.model, step_id)
+            self.finetune_log[step.index] = retrain(self.params.finetune_fraction, " fine-tuning").means()
+        self.masks.save_step(self.model)
+
+    def keep_old_model(self) -> None:
+        """End of a step: record its classes; without masks, keep its model while a later step needs it."""
+        self.groups.append(tuple(self.step_classes))
+        self.teachers = []
+        if self.masks is None:
+            self.snapshots[len(self.groups)] = self.frozen_copy()
+            needed = steps_still_needed(len(self.groups), self.params.multi_model, self.params.skip)
+            self.snapshots = {k: m for k, m in self.snapshots.items() if k in needed}
+
+    def kept(self) -> dict[str, Any]:
+        """What the method keeps beside the current model: packed masks and per-step tensors, or snapshots."""
+        if self.masks is not None:
+            return {"masks": self.masks.state()}
+        return {"snapshots": list(self.snapshots.values())}
+
+
+@register_strategy("m2kd")
+class M2KD(MultiLevelDistillation, IncrementalLearner):
+    Params = M2KDParams
+
+    def after_task(self, step: Step, data) -> None:
+        self.keep_old_model()
+
+    def state(self) -> Any:
+        return {"model": self.model, **self.kept()}
+
+    def save_learner(self, path):
+        """Write the learner to one safetensors file (``exmodel inspect`` reads it back)."""
+        from exmodel.strategies.cil.learner_file import save_learner
+
+        return save_learner(self, path)
+
+
+class M2KDPaperParams(M2KDParams):
+    """The paper's settings (Sec. 4.2): α = 0.5, λ = 1, ratio 0.75, half the iterations to fine-tune."""
+
+
+@register_strategy("m2kd_paper")
+class M2KDPaper(M2KD):
+    Params = M2KDPaperParams
+
+
+class NoPruneParams(M2KDParams):
+    prune_ratio: float | None = Field(None, gt=0, lt=1)
+
+
+@register_strategy("m2kd_noprune")
+class M2KDNoPrune(M2KD):
+    """Every snapshot kept: the upper bound of the reconstruction (Sec. 4.3)."""
+
+    Params = NoPruneParams
+
+
+class Skip1Params(M2KDParams):
+    skip: int = Field(1, ge=0)
+
+
+class Skip2Params(M2KDParams):
+    skip: int = Field(2, ge=0)
+
+
+@register_strategy("m2kd_skip1")
+class M2KDSkip1(M2KD):
+    Params = Skip1Params
+
+
+@register_strategy("m2kd_skip2")
+class M2KDSkip2(M2KD):
+    Params = Skip2Params
+
+
+class LwFMCAuxParams(NoPruneParams):
+    multi_model: bool = False
+
+
+class LwFMCMMDParams(NoPruneParams):
+    aux: bool = False
+
+
+@register_strategy("lwf_mc_aux")
+class LwFMCAux(M2KD):
+    """LwF-MC with auxiliary distillation from the last model (Sec. 4.4)."""
+
+    Params = LwFMCAuxParams
+
+
+@register_strategy("lwf_mc_mmd")
+class LwFMCMMD(M2KD):
+    """LwF-MC with multi-model distillation only, every snapshot kept (Sec. 4.4)."""
+
+    Params = LwFMCMMDParams
+
+
+class ICaRLM2KDParams(ReplayParams, M2KDParams):
+    pass
+
+
+@register_strategy("icarl_m2kd")
+class ICaRLM2KD(MultiLevelDistillation, ICaRL):
+    """iCaRL (exemplars, nearest mean of exemplars) trained with M²KD's loss (Sec. 4.6)."""
+
+    Params = ICaRLM2KDParams
+
+    def state(self) -> Any:
+        return {"model": self.model, "exemplars": self.memory.state(), "class_means": self.class_means, **self.kept()}
+
+
+class ICaRLAuxParams(ICaRLM2KDParams):
+    multi_model: bool = False
+    prune_ratio: float | None = Field(None, gt=0, lt=1)
+
+
+@register_strategy("icarl_aux")
+class ICaRLAux(ICaRLM2KD):
+    """iCaRL with auxiliary distillation from the last model (Sec. 4.6)."""
+
+    Params = ICaRLAuxParams
