@@ -208,7 +208,8 @@ def _inspect_learner(path: Path, as_json: bool, rebuild: Optional[int], out: Opt
         from exmodel.experts.bundle import save_bundle
 
         seen = sorted({c for g in strategy.groups[:rebuild] for c in g})
-        expert = strategy.snapshot(rebuild).as_expert(seen, name=f"{path.stem}-step{rebuild}",
+        expert = strategy.snapshot(rebuild).as_expert(seen, class_names=strategy.class_names,
+                                                      name=f"{path.stem}-step{rebuild}",
                                                       training={"rebuilt_from": path.name, "step": rebuild})
         save_bundle(expert, out)
         summary["rebuilt"] = {"step": rebuild, "classes": seen, "bundle": str(out)}

@@ -145,12 +145,13 @@ def _stream(shape, groups):
                       task_classes=tuple(tuple(g) for g in groups), n_experiences=len(groups))
 
 
-def _data(shape, classes, seed, per_class=6):
+def _data(shape, classes, seed, per_class=6, num_classes=10):
     g = torch.Generator().manual_seed(seed)
     labels = torch.tensor(classes).repeat_interleave(per_class)
     base = torch.rand(len(classes), *shape, generator=g)[labels - min(classes)]
     images = ((base + 0.2 * torch.rand(len(labels), *shape, generator=g)).clamp(0, 1) * 255).to(torch.uint8)
-    return ImageDataset(images, labels, [str(c) for c in range(10)], "tiny", (0.5,) * shape[0], (0.25,) * shape[0])
+    names = [f"class {c}" for c in range(num_classes)]
+    return ImageDataset(images, labels, names, "tiny", (0.5,) * shape[0], (0.25,) * shape[0])
 
 
 def _run_steps(name, info, params, seed=0):
@@ -255,4 +256,20 @@ def test_cifar100_configs_leave_free_weights_for_every_step(batch):
     strategy = build_strategy("m2kd_paper", next(s.params for s in cfg.strategies if s.name == "m2kd_paper"), info, 0)
     assert strategy.params.prune_ratio == (0.8 if batch == 20 else 0.75)
     assert strategy.model.aux_layer == "layer2" and strategy.model.aux.fc.in_features == 32
-    assert "net.head.weight" not in strategy.masks.names and "net.stem.0.weight" in strategy.masks.names
+    assert "net.stem.0.weight" in strategy.masks.names
+    assert "net.head.weight" not in strategy.masks.names and "aux.fc.weight" not in strategy.masks.names
+
+
+def test_the_auxiliary_classifier_pools_as_asked():
+    from exmodel.strategies.cil.auxiliary import AuxiliaryClassifier
+
+    assert AuxiliaryClassifier((16, 5, 5), 10).fc.in_features == 16
+    assert AuxiliaryClassifier((16, 5, 5), 10, pool=2).fc.in_features == 64
+    assert AuxiliaryClassifier((16, 5, 5), 10, pool=None).fc.in_features == 400
+    assert AuxiliaryClassifier((8,), 10, pool=None).fc.in_features == 8
+    m = AuxiliaryClassifier((2, 2, 2), 1, pool=1)
+    with torch.no_grad():
+        m.fc.weight.copy_(torch.tensor([[1.0, 10.0]]))
+        m.fc.bias.zero_()
+    x = torch.tensor([[[[1.0, 2.0], [3.0, 6.0]], [[0.0, 0.0], [0.0, 4.0]]]])
+    assert torch.allclose(m(x), torch.tensor([[3.0 + 10.0 * 1.0]]))  # the means of each channel

@@ -23,7 +23,7 @@ INFO = StreamInfo(kind="cil", num_classes=6, input_shape=(1, 28, 28), mean=(0.5,
 def trained(tmp_path_factory):
     strategy = build_strategy("m2kd_paper", {"arch": "lenet_bn", "iterations": 2, "batch_size": 6}, INFO, 0)
     for i, classes in enumerate(GROUPS):
-        strategy.observe(Step(i, i, classes), None, _data(INFO.input_shape, classes, i))
+        strategy.observe(Step(i, i, classes), None, _data(INFO.input_shape, classes, i, num_classes=6))
     path = strategy.save_learner(tmp_path_factory.mktemp("learner") / "m2kd.safetensors")
     return strategy, path
 
@@ -55,6 +55,7 @@ def test_inspect_shows_the_owners_and_rebuilds_a_step_as_a_bundle(trained, tmp_p
     assert summary["rebuilt"] == {"step": 2, "classes": [0, 1, 2, 3], "bundle": str(out)}
     expert = load_bundle(out)
     assert expert.card.trained_class_ids == [0, 1, 2, 3]
+    assert expert.card.class_names == ["class 0", "class 1", "class 2", "class 3", "class 4", "class 5"]
     x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(5))
     assert torch.equal(expert(x), strategy.snapshot(2)(x))
     assert main(["inspect", str(path), "--rebuild", "4", "--out", str(tmp_path / "no")]) == 2

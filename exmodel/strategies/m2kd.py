@@ -49,6 +49,7 @@ class M2KDParams(SigmoidDistillationParams):
     skip: int = Field(0, ge=0)  # Sec. 4.4: the first `skip` steps' groups taught by step skip + 1's model
     aux: bool = True  # auxiliary distillation (Eq. 3-4)
     aux_layer: str | None = None  # None: block2 of a LeNet, layer2 of a ResNet, hidden.0 of an MLP
+    aux_pool: int | None = Field(1, ge=1)  # the map average-pooled to this side (1: global); None: kept whole
     aux_alpha: float = Field(0.5, ge=0)  # α of Eq. 3
     aux_weight: float = Field(1.0, ge=0)  # λ of Eq. 4
     aux_labels_on_old: bool = True  # Eq. 3 puts the labels on every unit; False: on the new units only
@@ -84,12 +85,13 @@ class MultiLevelDistillation:
         p = self.params
         if p.aux:
             with seeded(self.seed + 2):  # its initial weights: from this seed, not torch's global generator
-                attach_auxiliary(self.model, p.aux_layer or default_layer(p.arch))
+                attach_auxiliary(self.model, p.aux_layer or default_layer(p.arch), p.aux_pool)
         self.groups: list[tuple[int, ...]] = []  # the classes each finished step brought
         self.snapshots: dict[int, nn.Module] = {}  # without pruning: step id -> its frozen model
         self.teachers: list[tuple[tuple[int, ...], nn.Module]] = []  # during a step: (group, its teacher)
         self.masks: StepMasks | None = None
         self.finetune_log: dict[int, dict[str, float]] = {}
+        self.class_names: list[str] = [str(c) for c in range(self.info.num_classes)]  # the data's, once seen
         if p.prune_ratio is not None:
             heads = [self.model.net.head] if hasattr(self.model.net, "head") else []
             skip = heads + ([self.model.aux] if p.aux else []) + list(self.model.task_heads.values())
@@ -106,6 +108,7 @@ class MultiLevelDistillation:
 
     def before_task(self, step: Step, data) -> None:
         super().before_task(step, data)
+        self.class_names = list(getattr(data, "class_names", None) or self.class_names)
         steps = teacher_steps(len(self.groups), self.params.multi_model, self.params.skip)
         models = {k: self.snapshot(k) for k in sorted(set(steps))}
         self.teachers = [(group, models[k]) for group, k in zip(self.groups, steps)]

@@ -9,6 +9,8 @@ returns the main logits and the auxiliary ones from one forward pass.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -19,12 +21,19 @@ DEFAULT_LAYER = {"lenet": "block2", "lenet_bn": "block2", "resnet18": "layer2", 
 
 
 class AuxiliaryClassifier(nn.Module):
-    """Global average pooling (for a ``(C, H, W)`` map) and one linear layer over every class."""
+    """Average pooling of a ``(C, H, W)`` map to ``pool × pool`` (1: global; ``None``: the whole map
+    kept), flattened, and one linear layer over every class."""
 
-    def __init__(self, feature_shape: tuple[int, ...], num_classes: int) -> None:
+    def __init__(self, feature_shape: tuple[int, ...], num_classes: int, pool: int | None = 1) -> None:
         super().__init__()
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()) if len(feature_shape) == 3 else nn.Flatten()
-        self.fc = nn.Linear(int(feature_shape[0]), num_classes)
+        if len(feature_shape) == 3 and pool is not None:
+            side = min(int(pool), int(feature_shape[1]), int(feature_shape[2]))
+            self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(side), nn.Flatten())
+            width = int(feature_shape[0]) * side * side
+        else:
+            self.pool = nn.Flatten()
+            width = math.prod(int(d) for d in feature_shape)
+        self.fc = nn.Linear(width, num_classes)
 
     def forward(self, feature_map: torch.Tensor) -> torch.Tensor:
         return self.fc(self.pool(feature_map))
@@ -37,7 +46,7 @@ def default_layer(arch: str) -> str:
     return DEFAULT_LAYER[arch]
 
 
-def attach_auxiliary(learner: nn.Module, layer: str) -> AuxiliaryClassifier:
+def attach_auxiliary(learner: nn.Module, layer: str, pool: int | None = 1) -> AuxiliaryClassifier:
     """Add ``learner.aux`` reading ``learner.net``'s ``layer``; its input shape is measured once."""
     try:
         module = learner.net.get_submodule(layer)
@@ -55,7 +64,7 @@ def attach_auxiliary(learner: nn.Module, layer: str) -> AuxiliaryClassifier:
     finally:
         handle.remove()
         learner.train(was_training)
-    learner.aux = AuxiliaryClassifier(seen["shape"], learner.num_classes).to(learner.mean.device)
+    learner.aux = AuxiliaryClassifier(seen["shape"], learner.num_classes, pool).to(learner.mean.device)
     learner.aux_layer = layer
     return learner.aux
 

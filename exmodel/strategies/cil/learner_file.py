@@ -53,7 +53,7 @@ def save_learner(strategy, path: str | os.PathLike) -> Path:
             "params": strategy.params.model_dump(mode="json"), "info": dataclasses.asdict(strategy.info),
             "seed": strategy.seed, "groups": [list(g) for g in strategy.groups], "seen": list(strategy.seen),
             "steps": len(strategy.groups), "mask_names": masks.names if masks is not None else [],
-            "snapshots": sorted(strategy.snapshots)}
+            "snapshots": sorted(strategy.snapshots), "class_names": list(strategy.class_names)}
     return atomic_write_bytes(path, save_tensors(tensors, metadata={"exmodel": json.dumps(meta)}))
 
 
@@ -152,6 +152,10 @@ def load_learner(path: str | os.PathLike):
         strategy.snapshots[int(k)] = snap
     strategy.groups = groups
     strategy.seen = [int(c) for c in meta.get("seen", [])]
+    names = meta.get("class_names")
+    if not (isinstance(names, list) and len(names) == info.num_classes and all(isinstance(n, str) for n in names)):
+        raise LearnerFileError(f"{source}: class_names must list {info.num_classes} names")
+    strategy.class_names = names
     return strategy
 
 

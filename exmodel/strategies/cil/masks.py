@@ -28,9 +28,9 @@ from exmodel.errors import ConfigError, ExmodelError
 
 
 def prunable_names(model: nn.Module, skip: Iterable[nn.Module] = ()) -> list[str]:
-    """Parameter names of the weights of every Conv/Linear in ``model`` except the modules in ``skip``
-    (the classifier heads), in ``named_parameters`` order."""
-    skipped = {id(m) for m in skip}
+    """Parameter names of the weights of every Conv/Linear in ``model`` except those inside the
+    modules in ``skip`` (the classifier heads), in ``named_parameters`` order."""
+    skipped = {id(sub) for m in skip for sub in m.modules()}
     names = []
     for mod_name, module in model.named_modules():
         if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) and id(module) not in skipped:
