@@ -186,7 +186,9 @@ def run_experiment(cfg: RunConfig, out: Path, *, data_dir=None, cache_dir: Path 
     resolved = resolve_data_dir(data_dir)
     data = load_dataset(cfg.scenario.dataset, resolved, download=download)  # fails before anything is written
     source = "full" if resolved else "embedded"
-    stream_for(cfg, data, cfg.seeds[0])  # a scenario that does not fit the dataset fails before anything is written
+    first = stream_for(cfg, data, cfg.seeds[0])  # a scenario that does not fit the dataset fails before anything is written
+    for s in cfg.strategies:  # so does a strategy that cannot fit the stream (M²KD: too many steps for its pruning ratio)
+        build_strategy(s.strategy_type, s.params, stream_info(first, resolved), cfg.seeds[0], cfg.device)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _check_out_dir(out, cfg)

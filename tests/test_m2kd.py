@@ -273,3 +273,30 @@ def test_the_auxiliary_classifier_pools_as_asked():
         m.fc.bias.zero_()
     x = torch.tensor([[[[1.0, 2.0], [3.0, 6.0]], [[0.0, 0.0], [0.0, 4.0]]]])
     assert torch.allclose(m(x), torch.tensor([[3.0 + 10.0 * 1.0]]))  # the means of each channel
+
+
+def test_weight_aligning_leaves_the_new_rows_at_the_old_rows_mean_norm_and_keeps_snapshots_exact():
+    info = _stream((1, 28, 28), [(0, 1), (2, 3), (4, 5)])
+    strategy, x, at_end = _run_steps("m2kd", info, {"arch": "lenet_bn", "iterations": 3, "batch_size": 6,
+                                                    "weight_aligning": True})
+    norms = strategy.model.net.head.weight.norm(dim=1)
+    assert torch.allclose(norms[[4, 5]].mean(), norms[[0, 1, 2, 3]].mean())
+    for k in (1, 2, 3):
+        assert torch.equal(forward_with_aux(strategy.snapshot(k), x)[0], at_end[k - 1][0])
+
+
+def test_a_run_with_too_many_steps_for_the_ratio_stops_before_any_training(tmp_path, capsys):
+    import yaml
+
+    from exmodel.cli import main
+
+    config = tmp_path / "m2kd.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": "tiny", "scenario": {"dataset": "mnist", "kind": "cil", "protocol": "from_scratch", "n_tasks": 10,
+                                     "train_per_class": 5, "test_per_class": 2},
+        "strategies": [{"name": "ft"}, {"name": "m2kd", "params": {"arch": "lenet_bn", "prune_ratio": 0.05}}]}))
+    out = tmp_path / "run"
+    assert main(["--quiet", "run", str(config), "--out", str(out)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: pruning ratio 0.05: net.block1.0.weight (150 weights) has no free weight left")
+    assert not out.exists()

@@ -39,7 +39,8 @@ from exmodel.strategies.cil.auxiliary import attach_auxiliary, default_layer, fo
 from exmodel.strategies.cil.er import ReplayParams
 from exmodel.strategies.cil.icarl import ICaRL
 from exmodel.strategies.cil.incremental import IncrementalLearner
-from exmodel.strategies.cil.losses import auxiliary_distillation_loss, multi_model_distillation_loss
+from exmodel.strategies.cil.losses import (aligned_weights, auxiliary_distillation_loss,
+                                           multi_model_distillation_loss)
 from exmodel.strategies.cil.lwf_mc import SigmoidDistillationParams
 from exmodel.strategies.cil.masks import StepMasks, check_capacity, prunable_names
 
@@ -55,6 +56,9 @@ class M2KDParams(SigmoidDistillationParams):
     aux_labels_on_old: bool = True  # Eq. 3 puts the labels on every unit; False: on the new units only
     prune_ratio: float | None = Field(0.75, gt=0, lt=1)  # None: keep every snapshot (no reconstruction)
     finetune_fraction: float = Field(0.5, ge=0)  # after pruning, this share of the step's iterations
+    # ours: after each step the new classes' head rows rescaled to the old rows' mean norm (Zhao et al.
+    # 2020, as in skd), against the bias towards the classes just learnt
+    weight_aligning: bool = False
 
 
 def teacher_steps(n_old_groups: int, multi_model: bool, skip: int) -> list[int]:
@@ -145,14 +149,19 @@ class MultiLevelDistillation:
 
     def finish_training(self, step: Step, retrain) -> None:
         super().finish_training(step, retrain)
-        if self.masks is None:
-            return
-        step_id = len(self.groups) + 1
-        self.masks.prune(self.model, step_id, self.params.prune_ratio)
-        if self.params.finetune_fraction > 0:
-            self.masks.train_owned(self.model, step_id)
-            self.finetune_log[step.index] = retrain(self.params.finetune_fraction, " fine-tuning").means()
-        self.masks.save_step(self.model)
+        if self.masks is not None:
+            step_id = len(self.groups) + 1
+            self.masks.prune(self.model, step_id, self.params.prune_ratio)
+            if self.params.finetune_fraction > 0:
+                self.masks.train_owned(self.model, step_id)
+                self.finetune_log[step.index] = retrain(self.params.finetune_fraction, " fine-tuning").means()
+        old = [c for c in self.seen if c not in self.step_classes]
+        if self.params.weight_aligning and old and hasattr(self.model.net, "head"):
+            with torch.no_grad():
+                head = self.model.net.head
+                head.weight.copy_(aligned_weights(head.weight, old, list(self.step_classes)))
+        if self.masks is not None:
+            self.masks.save_step(self.model)  # after every change: the step's model as it is deployed
 
     def keep_old_model(self) -> None:
         """End of a step: record its classes; without masks, keep its model while a later step needs it."""
