@@ -39,6 +39,7 @@ def test_a_cil_run_reports_incremental_accuracy_and_exemplars(capsys, tmp_path):
     table = (out / "table.md").read_text()
     assert "Avg. incr. acc. (%)" in table and "Exemplars kept" in table and "23.5 kB" in table
     assert (out / "accuracy_after_task.png").read_bytes().startswith(PNG_MAGIC)
+    assert (out / "confusion_matrices.png").read_bytes().startswith(PNG_MAGIC)
     results = json.loads((out / "results.json").read_text())
     assert results["strategies"]["er"]["accuracy_after_task"]["per_seed"] == [cell["accuracy_after_task"]]
 

@@ -394,3 +394,22 @@ def test_merge_joins_the_accuracy_after_each_task_curves() -> None:
     run_b["strategies"]["ed"]["accuracy_after_task"]["per_seed"] = [[0.0] * (size + 1)]
     with pytest.raises(ExmodelError, match=f"each curve needs {size} values, one per step"):
         merge_results([run_a, run_b])
+
+
+def test_confusion_rows_in_percent_by_hand_and_the_figure():
+    import numpy as np
+
+    from exmodel.reporting.confusion_plot import row_percentages
+
+    counts = np.array([[3, 1, 0], [0, 0, 0], [2, 2, 4]])
+    assert row_percentages(counts).tolist() == [[75.0, 25.0, 0.0], [0.0, 0.0, 0.0], [25.0, 25.0, 50.0]]
+
+
+def test_class_incremental_runs_draw_confusion_matrices(tmp_path):
+    import numpy as np
+
+    from exmodel.reporting.confusion_plot import plot_confusion_matrices
+
+    results = {"name": "t", "strategies": {s: {"confusion_matrix": np.eye(4).tolist()} for s in ("lwf_mc", "m2kd", "x")}}
+    path = plot_confusion_matrices(results, tmp_path / "c.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"
