@@ -300,3 +300,33 @@ def test_a_run_with_too_many_steps_for_the_ratio_stops_before_any_training(tmp_p
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("error: pruning ratio 0.05: net.block1.0.weight (150 weights) has no free weight left")
     assert not out.exists()
+
+
+def test_the_delegator_adds_old_class_images_labelled_by_the_previous_model(tmp_path):
+    from unittest import mock
+
+    from exmodel.strategies import skd
+    from exmodel.strategies.cil.learner_file import load_learner
+
+    info = _stream((1, 28, 28), [(0, 1), (2, 3), (4, 5)])
+    params = {"arch": "lenet_bn", "iterations": 2, "batch_size": 6, "delegator": True}
+
+    real = skd.SKDParams
+    with mock.patch.object(skd, "SKDParams", lambda: real(delegator_epochs=1, finetune_epochs=1, width=4, z_dim=8,
+                                                          delegator_batch=4)):
+        strategy = build_strategy("m2kd", params, info, 0)
+        strategy.observe(Step(0, 0, (0, 1)), None, _data((1, 28, 28), (0, 1), 0))
+        assert strategy.replay(5) is None  # no step before: nothing to replay yet
+        assert set(strategy.delegator_terms) == {1}
+        strategy.before_task(Step(1, 1, (2, 3)), _data((1, 28, 28), (2, 3), 1))
+        x, y = strategy.replay(5)
+        assert x.shape == (5, 1, 28, 28) and set(y.tolist()) <= {0, 1}
+        with torch.no_grad():
+            assert torch.equal(y, torch.tensor([0, 1])[strategy.previous(x)[:, [0, 1]].argmax(1)])
+        for i, classes in enumerate(info.task_classes[1:], start=1):
+            strategy.observe(Step(i, i, classes), None, _data((1, 28, 28), classes, i, num_classes=6))
+        back = load_learner(strategy.save_learner(tmp_path / "d.safetensors"))  # the same (tiny) delegator
+    assert set(strategy.delegator_terms) == {1, 2}  # none after the last step
+    assert "delegator" in strategy.kept()
+    for a, b in zip(back.delegator.state_dict().values(), strategy.delegator.state_dict().values()):
+        assert torch.equal(a, b)

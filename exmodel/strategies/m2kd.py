@@ -20,7 +20,8 @@ steps 2, 3 and 4. M²KD distils each old class group from the model of the step 
   upper bound).
 
 Registered forms: ``lwf_mc_aux`` (LwF-MC + auxiliary distillation), ``lwf_mc_mmd`` (multi-model
-only), ``m2kd_noprune``, ``m2kd_paper``, ``m2kd_skip1``, ``m2kd_skip2``, ``m2kd`` (our default), and
+only), ``m2kd_noprune``, ``m2kd_paper``, ``m2kd_skip1``, ``m2kd_skip2``, ``m2kd`` (our default: the
+paper's settings until a change chosen on a validation split beats them, docs/results.md), and
 with iCaRL's exemplars and nearest-mean classifier ``icarl_aux`` and ``icarl_m2kd`` (Sec. 4.6).
 """
 
@@ -59,6 +60,10 @@ class M2KDParams(SigmoidDistillationParams):
     # ours: after each step the new classes' head rows rescaled to the old rows' mean norm (Zhao et al.
     # 2020, as in skd), against the bias towards the classes just learnt
     weight_aligning: bool = False
+    # ours: SKD's knowledge delegator (its default settings), trained after each step against the
+    # learner; half of every batch is its images of the old classes, labelled by the previous model
+    # (Eq. 5 of SKD): the new units get old-class negatives, the old units more images to be distilled on
+    delegator: bool = False
 
 
 def teacher_steps(n_old_groups: int, multi_model: bool, skip: int) -> list[int]:
@@ -95,6 +100,16 @@ class MultiLevelDistillation:
         self.teachers: list[tuple[tuple[int, ...], nn.Module]] = []  # during a step: (group, its teacher)
         self.masks: StepMasks | None = None
         self.finetune_log: dict[int, dict[str, float]] = {}
+        self.delegator = None
+        self.delegator_terms: dict[int, dict[str, float]] = {}  # the delegator's last loss terms per step
+        self.previous: nn.Module | None = None  # during a step: the model of the step before
+        if p.delegator:
+            from exmodel.strategies.skd import SKDParams
+            from exmodel.synthesis.delegator import DelegatorGenerator
+
+            d = SKDParams()
+            with seeded(self.seed + 1):
+                self.delegator = DelegatorGenerator(self.info.input_shape, d.z_dim, d.width, d.helper_bn).to(self.device)
         self.class_names: list[str] = [str(c) for c in range(self.info.num_classes)]  # the data's, once seen
         if p.prune_ratio is not None:
             heads = [self.model.net.head] if hasattr(self.model.net, "head") else []
@@ -116,8 +131,20 @@ class MultiLevelDistillation:
         steps = teacher_steps(len(self.groups), self.params.multi_model, self.params.skip)
         models = {k: self.snapshot(k) for k in sorted(set(steps))}
         self.teachers = [(group, models[k]) for group, k in zip(self.groups, steps)]
+        self.previous = models.get(len(self.groups))
         if self.masks is not None:
             self.masks.train_free(self.model)
+
+    def replay(self, batch_size: int):
+        """With the delegator: as many of its images as the batch has real ones, labelled by the previous
+        model's most likely old class."""
+        if self.delegator is None or self.previous is None:
+            return super().replay(batch_size)
+        x01 = self.delegator.sample(batch_size, self.generator) * self.model.std + self.model.mean
+        old = [c for g in self.groups for c in g]
+        with torch.no_grad():
+            scores = self.previous(x01)[:, old]
+        return x01, torch.as_tensor(old, device=x01.device)[scores.argmax(1)]
 
     def _outputs(self, model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         return forward_with_aux(model, x) if self.params.aux else (model(x), None)
@@ -164,9 +191,16 @@ class MultiLevelDistillation:
             self.masks.save_step(self.model)  # after every change: the step's model as it is deployed
 
     def keep_old_model(self) -> None:
-        """End of a step: record its classes; without masks, keep its model while a later step needs it."""
+        """End of a step: record its classes; without masks, keep its model while a later step needs it;
+        with the delegator, train it against the learner (unless no step follows)."""
         self.groups.append(tuple(self.step_classes))
-        self.teachers = []
+        self.teachers, self.previous = [], None
+        if self.delegator is not None and len(self.groups) < self.info.n_experiences:
+            from exmodel.strategies.skd import SKDParams, fit_delegator
+
+            d = SKDParams()
+            epochs = d.delegator_epochs if len(self.groups) == 1 else d.finetune_epochs
+            self.delegator_terms[len(self.groups)] = fit_delegator(self, d, epochs, len(self.groups) - 1)
         if self.masks is None:
             self.snapshots[len(self.groups)] = self.frozen_copy()
             needed = steps_still_needed(len(self.groups), self.params.multi_model, self.params.skip)
@@ -174,9 +208,10 @@ class MultiLevelDistillation:
 
     def kept(self) -> dict[str, Any]:
         """What the method keeps beside the current model: packed masks and per-step tensors, or snapshots."""
+        extra = {"delegator": self.delegator} if self.delegator is not None else {}
         if self.masks is not None:
-            return {"masks": self.masks.state()}
-        return {"snapshots": list(self.snapshots.values())}
+            return {"masks": self.masks.state(), **extra}
+        return {"snapshots": list(self.snapshots.values()), **extra}
 
 
 @register_strategy("m2kd")

@@ -198,19 +198,26 @@ class SKD(IncrementalLearner):
         epochs = p.delegator_epochs if step.index == 0 else p.finetune_epochs
         if not epochs:
             return
-        teacher = self.model.as_expert(self.seen, name=f"T{step.index}")
-        with seeded(self.seed + 100 + step.index):
-            student = build_model(self.model.arch, **self.model.net.arch_kwargs).to(self.device)
-        settings = DelegatorSettings(epochs=epochs, imitate_steps=p.imitate_steps, explore_steps=p.explore_steps,
-                                     batch_size=p.delegator_batch, imitate_lr=p.imitate_lr, explore_lr=p.explore_lr,
-                                     lr_drop_every=p.delegator_lr_drop_every, lam=p.lam, w_cat=p.w_cat, w_div=p.w_div, w_feature=p.w_feature)
-        self.delegator_terms[step.index] = train_delegator(self.delegator, teacher, student, settings, self.generator,
-                                                           description=f"delegator after task {step.index}")
+        self.delegator_terms[step.index] = fit_delegator(self, p, epochs, step.index)
         self.loss_log[step.index] = {**self.loss_log.get(step.index, {}),
                                      **{f"delegator_{k}": v for k, v in self.delegator_terms[step.index].items()}}
 
     def state(self) -> Any:
         return {"model": self.model, "delegator": self.delegator}
+
+
+def fit_delegator(strategy: IncrementalLearner, p: SKDParams, epochs: int, index: int) -> dict[str, float]:
+    """Imitate & explore (Algorithm 1) of ``strategy.delegator`` against the learner as it is now (the
+    classes seen so far), with a fresh clone; SKD's settings ``p``. Returns the final loss terms."""
+    teacher = strategy.model.as_expert(strategy.seen, name=f"T{index}")
+    with seeded(strategy.seed + 100 + index):
+        student = build_model(strategy.model.arch, **strategy.model.net.arch_kwargs).to(strategy.device)
+    settings = DelegatorSettings(epochs=epochs, imitate_steps=p.imitate_steps, explore_steps=p.explore_steps,
+                                 batch_size=p.delegator_batch, imitate_lr=p.imitate_lr, explore_lr=p.explore_lr,
+                                 lr_drop_every=p.delegator_lr_drop_every, lam=p.lam, w_cat=p.w_cat, w_div=p.w_div,
+                                 w_feature=p.w_feature)
+    return train_delegator(strategy.delegator, teacher, student, settings, strategy.generator,
+                           description=f"delegator after task {index}")
 
 
 def class_balance_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:

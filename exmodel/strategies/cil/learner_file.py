@@ -47,6 +47,8 @@ def save_learner(strategy, path: str | os.PathLike) -> Path:
         tensors["masks/owners"] = masks.state()["owners"]
         for k, saved in enumerate(masks.saved, start=1):
             tensors.update({f"step{k}/{name}": v.detach().cpu().contiguous() for name, v in saved.items()})
+    if strategy.delegator is not None:
+        tensors.update({f"delegator/{k}": v.detach().cpu().contiguous() for k, v in strategy.delegator.state_dict().items()})
     for k, snap in strategy.snapshots.items():
         tensors.update({f"snapshot{k}/{name}": v.detach().cpu().contiguous() for name, v in snap.state_dict().items()})
     meta = {"format": FORMAT, "version": VERSION, "strategy": strategy.type_name,
@@ -145,6 +147,9 @@ def load_learner(path: str | os.PathLike):
             masks.check_against(strategy.model)
         except ExmodelError as exc:
             raise LearnerFileError(f"{source}: {exc}") from None
+    if strategy.delegator is not None:
+        _load_into(strategy.delegator, {k[len("delegator/"):]: v for k, v in tensors.items() if k.startswith("delegator/")},
+                   strategy.delegator.state_dict(), source, "the delegator")
     for k in meta.get("snapshots", []):
         snap = strategy.frozen_copy()
         _load_into(snap, {key[len(f"snapshot{k}/"):]: v for key, v in tensors.items()
