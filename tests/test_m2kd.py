@@ -234,7 +234,8 @@ def test_without_its_additions_m2kd_is_lwf_mc():
     info = _stream((1, 28, 28), [(0, 1), (2, 3), (4, 5)])
     params = {"arch": "lenet_bn", "iterations": 3, "batch_size": 6}
     plain = _run_steps("lwf_mc", info, params)
-    bare = _run_steps("m2kd", info, {**params, "multi_model": False, "aux": False, "prune_ratio": None})
+    bare = _run_steps("m2kd", info, {**params, "multi_model": False, "aux": False, "prune_ratio": None,
+                                     "delegator": False})
     for a, b in zip(plain[2], bare[2]):
         assert torch.equal(a[0], b[0])
     full = _run_steps("m2kd_noprune", info, params)
@@ -277,8 +278,8 @@ def test_the_auxiliary_classifier_pools_as_asked():
 
 def test_weight_aligning_leaves_the_new_rows_at_the_old_rows_mean_norm_and_keeps_snapshots_exact():
     info = _stream((1, 28, 28), [(0, 1), (2, 3), (4, 5)])
-    strategy, x, at_end = _run_steps("m2kd", info, {"arch": "lenet_bn", "iterations": 3, "batch_size": 6,
-                                                    "weight_aligning": True})
+    strategy, x, at_end = _run_steps("m2kd_paper", info, {"arch": "lenet_bn", "iterations": 3, "batch_size": 6,
+                                                          "weight_aligning": True})
     norms = strategy.model.net.head.weight.norm(dim=1)
     assert torch.allclose(norms[[4, 5]].mean(), norms[[0, 1, 2, 3]].mean())
     for k in (1, 2, 3):
@@ -303,30 +304,27 @@ def test_a_run_with_too_many_steps_for_the_ratio_stops_before_any_training(tmp_p
 
 
 def test_the_delegator_adds_old_class_images_labelled_by_the_previous_model(tmp_path):
-    from unittest import mock
-
-    from exmodel.strategies import skd
     from exmodel.strategies.cil.learner_file import load_learner
 
     info = _stream((1, 28, 28), [(0, 1), (2, 3), (4, 5)])
-    params = {"arch": "lenet_bn", "iterations": 2, "batch_size": 6, "delegator": True}
-
-    real = skd.SKDParams
-    with mock.patch.object(skd, "SKDParams", lambda: real(delegator_epochs=1, finetune_epochs=1, width=4, z_dim=8,
-                                                          delegator_batch=4)):
-        strategy = build_strategy("m2kd", params, info, 0)
-        strategy.observe(Step(0, 0, (0, 1)), None, _data((1, 28, 28), (0, 1), 0))
-        assert strategy.replay(5) is None  # no step before: nothing to replay yet
-        assert set(strategy.delegator_terms) == {1}
-        strategy.before_task(Step(1, 1, (2, 3)), _data((1, 28, 28), (2, 3), 1))
-        x, y = strategy.replay(5)
-        assert x.shape == (5, 1, 28, 28) and set(y.tolist()) <= {0, 1}
-        with torch.no_grad():
-            assert torch.equal(y, torch.tensor([0, 1])[strategy.previous(x)[:, [0, 1]].argmax(1)])
-        for i, classes in enumerate(info.task_classes[1:], start=1):
-            strategy.observe(Step(i, i, classes), None, _data((1, 28, 28), classes, i, num_classes=6))
-        back = load_learner(strategy.save_learner(tmp_path / "d.safetensors"))  # the same (tiny) delegator
+    tiny = {"delegator_epochs": 1, "finetune_epochs": 1, "width": 4, "z_dim": 8, "delegator_batch": 4}
+    strategy = build_strategy("m2kd", {"arch": "lenet_bn", "iterations": 2, "batch_size": 6,
+                                       "delegator_params": tiny}, info, 0)
+    assert strategy.params.delegator and strategy_class("m2kd_paper").Params().delegator is False
+    strategy.observe(Step(0, 0, (0, 1)), None, _data((1, 28, 28), (0, 1), 0, num_classes=6))
+    assert strategy.replay(5) is None  # no step before: nothing to replay yet
+    assert set(strategy.delegator_terms) == {1}
+    strategy.before_task(Step(1, 1, (2, 3)), _data((1, 28, 28), (2, 3), 1, num_classes=6))
+    x, y = strategy.replay(5)
+    assert x.shape == (5, 1, 28, 28) and set(y.tolist()) <= {0, 1}
+    with torch.no_grad():
+        assert torch.equal(y, torch.tensor([0, 1])[strategy.previous(x)[:, [0, 1]].argmax(1)])
+    for i, classes in enumerate(info.task_classes[1:], start=1):
+        strategy.observe(Step(i, i, classes), None, _data((1, 28, 28), classes, i, num_classes=6))
     assert set(strategy.delegator_terms) == {1, 2}  # none after the last step
     assert "delegator" in strategy.kept()
+    back = load_learner(strategy.save_learner(tmp_path / "d.safetensors"))
     for a, b in zip(back.delegator.state_dict().values(), strategy.delegator.state_dict().values()):
         assert torch.equal(a, b)
+    with pytest.raises(ConfigError, match="delegator_params: width: Input should be greater than or equal to 1"):
+        build_strategy("m2kd", {"arch": "lenet_bn", "delegator_params": {"width": 0}}, info, 0)

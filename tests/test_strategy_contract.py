@@ -52,7 +52,9 @@ def _params(name: str) -> dict:
         return {"iterations": 2, "batch_size": 8, "arch": "mlp", "arch_kwargs": {"hidden": [8]},
                 **({"memory_size": 4} if "memory_size" in fields else {}),
                 **({"delegator_epochs": 1, "finetune_epochs": 1, "width": 4, "z_dim": 8, "delegator_batch": 4}
-                   if "delegator_epochs" in fields else {})}
+                   if "delegator_epochs" in fields else {}),
+                **({"delegator_params": {"delegator_epochs": 1, "finetune_epochs": 1, "width": 4, "z_dim": 8,
+                                         "delegator_batch": 4}} if "delegator_params" in fields else {})}
     if "iterations" in fields:  # Ex-Model Distillation: tiny budgets for the preset's own source
         accepted = source_class(cls.Params().source).Params.model_fields
         return {**TINY_ED, "source_params": {k: v for k, v in TINY_SOURCE.items() if k in accepted}}

@@ -21,7 +21,7 @@ steps 2, 3 and 4. M²KD distils each old class group from the model of the step 
 
 Registered forms: ``lwf_mc_aux`` (LwF-MC + auxiliary distillation), ``lwf_mc_mmd`` (multi-model
 only), ``m2kd_noprune``, ``m2kd_paper``, ``m2kd_skip1``, ``m2kd_skip2``, ``m2kd`` (our default: the
-paper's settings until a change chosen on a validation split beats them, docs/results.md), and
+paper's M²KD plus SKD's knowledge delegator, chosen on a validation split, docs/results.md), and
 with iCaRL's exemplars and nearest-mean classifier ``icarl_aux`` and ``icarl_m2kd`` (Sec. 4.6).
 """
 
@@ -34,6 +34,7 @@ from pydantic import Field
 from torch import nn
 
 from exmodel import loop
+from exmodel.errors import ConfigError
 from exmodel.rng import seeded
 from exmodel.strategies.base import Step, register_strategy
 from exmodel.strategies.cil.auxiliary import attach_auxiliary, default_layer, forward_with_aux
@@ -64,6 +65,7 @@ class M2KDParams(SigmoidDistillationParams):
     # learner; half of every batch is its images of the old classes, labelled by the previous model
     # (Eq. 5 of SKD): the new units get old-class negatives, the old units more images to be distilled on
     delegator: bool = False
+    delegator_params: dict = Field(default_factory=dict)  # overrides of SKD's delegator settings (SKDParams)
 
 
 def teacher_steps(n_old_groups: int, multi_model: bool, skip: int) -> list[int]:
@@ -104,10 +106,9 @@ class MultiLevelDistillation:
         self.delegator_terms: dict[int, dict[str, float]] = {}  # the delegator's last loss terms per step
         self.previous: nn.Module | None = None  # during a step: the model of the step before
         if p.delegator:
-            from exmodel.strategies.skd import SKDParams
             from exmodel.synthesis.delegator import DelegatorGenerator
 
-            d = SKDParams()
+            d = self.delegator_settings()
             with seeded(self.seed + 1):
                 self.delegator = DelegatorGenerator(self.info.input_shape, d.z_dim, d.width, d.helper_bn).to(self.device)
         self.class_names: list[str] = [str(c) for c in range(self.info.num_classes)]  # the data's, once seen
@@ -116,6 +117,18 @@ class MultiLevelDistillation:
             skip = heads + ([self.model.aux] if p.aux else []) + list(self.model.task_heads.values())
             self.masks = StepMasks(self.model, prunable_names(self.model, skip=skip))
             check_capacity(self.masks.sizes(), p.prune_ratio, self.info.n_experiences)
+
+    def delegator_settings(self):
+        """SKD's delegator settings with this strategy's ``delegator_params`` over them."""
+        from pydantic import ValidationError
+
+        from exmodel.strategies.skd import SKDParams
+
+        try:
+            return SKDParams(**self.params.delegator_params)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise ConfigError(f"delegator_params: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
 
     # ------------------------------------------------------------------ teachers
 
@@ -196,9 +209,9 @@ class MultiLevelDistillation:
         self.groups.append(tuple(self.step_classes))
         self.teachers, self.previous = [], None
         if self.delegator is not None and len(self.groups) < self.info.n_experiences:
-            from exmodel.strategies.skd import SKDParams, fit_delegator
+            from exmodel.strategies.skd import fit_delegator
 
-            d = SKDParams()
+            d = self.delegator_settings()
             epochs = d.delegator_epochs if len(self.groups) == 1 else d.finetune_epochs
             self.delegator_terms[len(self.groups)] = fit_delegator(self, d, epochs, len(self.groups) - 1)
         if self.masks is None:
@@ -214,9 +227,15 @@ class MultiLevelDistillation:
         return {"snapshots": list(self.snapshots.values()), **extra}
 
 
+class M2KDOursParams(M2KDParams):
+    """Our default: the paper's M²KD with SKD's knowledge delegator (chosen on a validation split)."""
+
+    delegator: bool = True
+
+
 @register_strategy("m2kd")
 class M2KD(MultiLevelDistillation, IncrementalLearner):
-    Params = M2KDParams
+    Params = M2KDOursParams
 
     def after_task(self, step: Step, data) -> None:
         self.keep_old_model()
