@@ -35,7 +35,7 @@ SMALL_ARCH = {"resnet18": "{width: 4}", "mobilenetv2": "{width_mult: 0.25}"}
 # (skd_cifar100_b50_t10 differs from _t5 only in n_tasks: its stream is checked below, its run would
 # double the time of _t5's for nothing new)
 PAPER_CONFIGS = {"split_cifar10": 5, "cifar10_mt": 5, "joint_cifar10": 1, "core50_nc": 9, "core50_ni": 9,
-                 "skd_cifar100_b50_t5": 6, "m2kd_cifar100_10": 10}
+                 "skd_cifar100_b50_t5": 6, "m2kd_cifar100_20": 5}
 # class-incremental strategies: a few iterations, a width-4 ResNet-32 and a tiny delegator
 CIL_OVERRIDES = ("epochs=null", "iterations=2", "batch_size=8", "arch_kwargs={width: 4}")
 SKD_OVERRIDES = ("width=4", "z_dim=8", "delegator_batch=8", "delegator_epochs=1", "finetune_epochs=1")
