@@ -15,7 +15,7 @@ export RAY_AUTH_MODE ?= disabled
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch is pinned in the same command as everything else: a bare torch would pull a CUDA build.
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check torch==2.13.0 -e ".[distributed,dev]"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check torch==2.13.0 -e ".[distributed,lll,dev]"
 	touch $(STAMP)
 
 install: $(STAMP)

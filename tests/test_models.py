@@ -23,6 +23,7 @@ SMALL: dict[str, dict] = {
     "mlp": {"hidden": [32, 16]},
     "resnet18": {"width": 8},
     "mobilenetv2": {"width_mult": 0.25},
+    "efficientnet_lite0": {"input_size": 32},
 }
 # Expected num_features under SMALL options.
 FEATURES = {
@@ -30,9 +31,10 @@ FEATURES = {
     "resnet18": 64,  # 8 * width
     "resnet20": 64, "resnet32": 64,
     "mobilenetv2": 1280,  # 1280 * max(1, 0.25)
+    "efficientnet_lite0": 1280,
 }
 HAS_BN = {"lenet": False, "lenet_bn": True, "mlp": False, "resnet18": True, "resnet20": True,
-          "resnet32": True, "mobilenetv2": True}
+          "resnet32": True, "mobilenetv2": True, "efficientnet_lite0": True}
 BATCH = 2
 
 
@@ -274,7 +276,7 @@ def test_mobilenetv2_width_mult_scales_channels() -> None:
 
 # ------------------------------------------------------------------------------------ registry
 def test_unknown_architecture_lists_available() -> None:
-    with pytest.raises(ConfigError, match="unknown architecture 'lenet6'; available: lenet, lenet_bn, mlp, "):
+    with pytest.raises(ConfigError, match="unknown architecture 'lenet6'; available: efficientnet_lite0, lenet, lenet_bn, mlp, "):
         build_model("lenet6")
     with pytest.raises(ConfigError, match="unknown architecture 'x'"):
         model_signature("x")
