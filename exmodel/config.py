@@ -231,8 +231,10 @@ def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                default: dict | None = None) -> RunConfig:
-    """Read a YAML config (or ``default`` when no path), apply ``--set`` overrides, validate."""
+                default: dict | None = None, model: type[BaseModel] | None = None) -> Any:
+    """Read a YAML config (or ``default`` when no path), apply ``--set`` overrides, validate it as
+    ``model`` (a :class:`RunConfig` unless told otherwise)."""
+    model = model or RunConfig
     source = str(path) if path else "default config"
     if path is not None:
         p = Path(path)
@@ -250,6 +252,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         except (IndexError, ValueError, TypeError, AttributeError):
             raise ConfigError(f"--set {key}: no such entry in {source}") from None
     try:
-        return RunConfig.model_validate(tree)
+        return model.model_validate(tree)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err, RunConfig, source)) from None
+        raise ConfigError(format_validation_error(err, model, source)) from None

@@ -9,7 +9,9 @@ from exmodel.models import list_models
 from exmodel.strategies import build_strategy, strategy_class
 from exmodel.strategies.base import StreamInfo
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+ALL = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+LLL = [p for p in ALL if p.stem.startswith("lll_")]  # `exmodel lll` configs: another schema
+CONFIGS = [p for p in ALL if p not in LLL]
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
@@ -23,6 +25,14 @@ def test_config_is_valid(path):
         if cls.__name__ in ("Finetune", "Joint"):
             build_strategy(s.strategy_type, s.params, info, 0)
     assert set(cfg.reference) <= {s.name for s in cfg.strategies}
+
+
+@pytest.mark.parametrize("path", LLL, ids=[p.stem for p in LLL])
+def test_lll_config_is_valid(path):
+    from exmodel.agents.config import LLLConfig
+
+    cfg = load_config(path, model=LLLConfig)
+    assert cfg.benchmark.size == "full" and cfg.mappers == ["gmmc", "maha", "ours"]
 
 
 def test_there_are_configs():

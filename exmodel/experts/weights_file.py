@@ -119,3 +119,37 @@ def read_data(fh: BinaryIO, prefix: bytes, source: str, name: str) -> bytes:
     if len(prefix) + len(body) != size:
         raise BundleError(f"{source}: {name} changed size while being read")
     return prefix + body
+
+
+def read_described(path, fmt: str, version: int, what: str, error: type[Exception]):
+    """``(description, tensors)`` of a safetensors file whose metadata key ``exmodel`` holds a JSON
+    description with ``format == fmt`` and ``version == version`` (an M²KD learner, an LLL task
+    bundle); every problem is one ``error`` line that names the file."""
+    from pathlib import Path
+
+    from safetensors.torch import load as load_tensors
+
+    from exmodel import limits
+
+    path = Path(path)
+    source = str(path)
+    if not path.is_file():
+        raise error(f"{source}: no such file")
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        prefix, fh, _ = read_weights(path.name, fd, limits.max_weights_bytes(), source)
+        raw = read_data(fh, prefix, source, path.name)
+    except (FileTooLarge, BundleError) as exc:
+        raise error(f"{source}: {exc}" if source not in str(exc) else str(exc)) from None
+    finally:
+        os.close(fd)
+    header = json.loads(prefix[8:].decode("utf-8"))
+    try:
+        meta = json.loads((header.get("__metadata__") or {}).get("exmodel", "null"))
+    except json.JSONDecodeError:
+        meta = None
+    if not isinstance(meta, dict) or meta.get("format") != fmt:
+        raise error(f"{source}: not {what} (no '{fmt}' description in its metadata)")
+    if meta.get("version") != version:
+        raise error(f"{source}: {what} format version {meta.get('version')!r}; this exmodel reads {version}")
+    return meta, load_tensors(raw)

@@ -17,13 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 from exmodel import limits
 from exmodel.errors import ExmodelError
-from exmodel.experts.weights_file import read_data, read_weights
-from exmodel.fileio import FileTooLarge, atomic_write_bytes
+from exmodel.experts.weights_file import read_described
+from exmodel.fileio import atomic_write_bytes
 from exmodel.strategies.base import StreamInfo, build_strategy, strategy_class
 from exmodel.strategies.cil.masks import unpack_owners
 
@@ -60,27 +59,7 @@ def save_learner(strategy, path: str | os.PathLike) -> Path:
 
 
 def _read(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    source = str(path)
-    if not path.is_file():
-        raise LearnerFileError(f"{source}: no such file")
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        prefix, fh, _ = read_weights(path.name, fd, limits.max_weights_bytes(), source)
-        raw = read_data(fh, prefix, source, path.name)
-    except FileTooLarge as exc:
-        raise LearnerFileError(f"{source}: {exc}") from None
-    finally:
-        os.close(fd)
-    header = json.loads(prefix[8:].decode("utf-8"))
-    try:
-        meta = json.loads((header.get("__metadata__") or {}).get("exmodel", "null"))
-    except json.JSONDecodeError:
-        meta = None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise LearnerFileError(f"{source}: not an exmodel M²KD learner (no '{FORMAT}' description in its metadata)")
-    if meta.get("version") != VERSION:
-        raise LearnerFileError(f"{source}: learner format version {meta.get('version')!r}; this exmodel reads {VERSION}")
-    return meta, load_tensors(raw)
+    return read_described(path, FORMAT, VERSION, "an exmodel M²KD learner", LearnerFileError)
 
 
 def _info(meta: dict, source: str) -> StreamInfo:

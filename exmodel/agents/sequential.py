@@ -1,0 +1,205 @@
+"""One LLL agent learning a many-task benchmark in sequence, evaluated after every task (SKILL Sec. 6).
+
+After task t the agent is tested on the test images of tasks 1..t *without a task label*: the mapper
+picks a task, that task's head a class; an image counts as right when both are. Recorded per mapper:
+the accuracy matrix ``acc[t][j]`` (after t + 1 tasks, on task j), the mapper's own accuracy matrix,
+and, once per task, the head's accuracy with a perfect task oracle. The figures of the paper are
+drawn from these (:mod:`exmodel.reporting.lll_plots`).
+
+Work is saved as it is done: features in the feature cache, each task's bundle in ``RUN/tasks/``; a
+rerun with the same ``--out`` loads them (the run folder must hold the same config) and learns only
+what is missing. The confidence weight of the ``ours`` mapper is chosen first, on a validation split
+(``validation_fraction`` of each class's training images held out; heads and anchors fitted on the
+rest; the weight of best mapper accuracy over all tasks wins, the smaller one on ties).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from exmodel.agents.config import LLLConfig
+from exmodel.agents.features import Backbone, FeatureCache, lite0_backbone
+from exmodel.agents.knowledge import TaskKnowledge, load_task, save_task
+from exmodel.agents.lll import HeadParams, LLLAgent, learn_task, maha_picks
+from exmodel.config import dump_yaml
+from exmodel.data.types import ImageDataset
+from exmodel.errors import ConfigError
+from exmodel.fileio import atomic_write_json, atomic_write_text
+from exmodel.progress import Progress
+
+SHARED = {"gmmc": ("head", "biases", "gmmc"), "maha": ("head", "biases", "maha"), "ours": ("head", "biases", "maha")}
+
+
+@dataclass
+class TaskData:
+    name: str
+    source: str
+    train: ImageDataset
+    test: ImageDataset
+    f_train: torch.Tensor
+    f_test: torch.Tensor
+
+
+def validation_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fit rows, held-out rows): ``fraction`` of each class held out (at least one when it has two)."""
+    g = torch.Generator().manual_seed(seed)
+    fit, held = [], []
+    for c in labels.unique().tolist():
+        idx = torch.nonzero(labels == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        n = min(len(idx) - 1, max(1, round(fraction * len(idx)))) if len(idx) > 1 else 0
+        held.append(idx[:n])
+        fit.append(idx[n:])
+    return torch.cat(fit).sort().values, torch.cat(held).sort().values
+
+
+def _params(cfg: LLLConfig) -> HeadParams:
+    return HeadParams(cfg.head.weight_decay, cfg.head.iterations, cfg.gmmc_k, cfg.maha_m)
+
+
+def _anchors(cfg: LLLConfig) -> tuple[str, ...]:
+    return tuple(a for a in ("gmmc", "maha") if a in cfg.mappers or (a == "maha" and "ours" in cfg.mappers))
+
+
+def evaluate(agent: LLLAgent, mapper: str, tasks: list[TaskData], rows: list[torch.Tensor] | None = None,
+             confidences: list[float] | None = None) -> list[tuple[list[float], list[float]]]:
+    """Per task: (accuracy without a task label, mapper accuracy) on its test features (or ``rows`` of
+    the training ones), for the agent's confidence weight or each of ``confidences``."""
+    xs = [t.f_test if rows is None else t.f_train[rows[j]] for j, t in enumerate(tasks)]
+    ys = [t.test.labels if rows is None else t.train.labels[rows[j]] for j, t in enumerate(tasks)]
+    anchors, conf = agent.score_parts(torch.cat(xs), mapper)
+    weights = confidences or [agent.confidence]
+    out = []
+    for c in weights:
+        task = (anchors if conf is None or not c else anchors + c * conf).argmax(1)
+        acc, mapped, start = [], [], 0
+        for j, (x, y) in enumerate(zip(xs, ys)):
+            t = task[start:start + len(x)]
+            start += len(x)
+            right = t == j
+            mapped.append(float(right.float().mean()))
+            acc.append(float((right & (agent.classify(x, t) == y)).float().mean()))
+        out.append((acc, mapped))
+    return out
+
+
+def head_accuracy(k: TaskKnowledge, t: TaskData) -> float:
+    return float(((t.f_test @ k.head_weight.T + k.head_bias).argmax(1) == t.test.labels).float().mean())
+
+
+def choose_confidence(cfg: LLLConfig, tasks: list[TaskData], backbone: Backbone,
+                      progress: Progress | None = None) -> tuple[float, dict[str, float]]:
+    """The ``ours`` confidence weight of best validation mapper accuracy (mean over tasks)."""
+    splits = [validation_split(t.train.labels, cfg.validation_fraction, cfg.seed + 1) for t in tasks]
+    agent = LLLAgent(backbone, "ours")
+    bar = progress.add("validation: the confidence weight of 'ours'", len(tasks)) if progress else None
+    for t, (fit, _) in zip(tasks, splits):
+        data = t.train.subset(fit)
+        k = learn_task(t.name, data, t.f_train[fit], backbone, _params(cfg), cfg.seed, anchors=("maha",))
+        shared = t.f_train[fit][maha_picks(data.labels, data.num_classes, cfg.maha_m, cfg.seed)]
+        agent.receive(k, shared)
+        if bar is not None:
+            progress.advance(bar)
+    if bar is not None:
+        progress.remove(bar)
+    scores = evaluate(agent, "ours", tasks, [h for _, h in splits], cfg.confidence_grid)
+    table = {str(c): sum(mapped) / len(tasks) for c, (_, mapped) in zip(cfg.confidence_grid, scores)}
+    best = max(cfg.confidence_grid, key=lambda c: (table[str(c)], -c))
+    return best, table
+
+
+def _check_run_dir(out: Path, cfg: LLLConfig) -> None:
+    saved = out / "config.yaml"
+    text = dump_yaml(cfg.model_dump(mode="json"))
+    if saved.is_file():
+        if saved.read_text() != text:
+            raise ConfigError(f"{out}: holds a run of a different config; pass another --out")
+    else:
+        atomic_write_text(saved, text)
+
+
+def run_lll(cfg: LLLConfig, out: str | Path, data_dir: str | Path | None = None,
+            cache_dir: str | Path | None = None, progress: Progress | None = None,
+            backbone: Backbone | None = None) -> dict:
+    """Learn every task of the benchmark in order, evaluate after each, write ``RUN/results.json``."""
+    from exmodel.data.skill_mini import build_skill_mini, manifest
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_run_dir(out, cfg)
+    clock = {"start": time.perf_counter()}
+    bench = build_skill_mini(data_dir, cfg.benchmark.size, cfg.benchmark.seed)
+    atomic_write_json(out / "benchmark.json", manifest(bench, cfg.benchmark.size, cfg.benchmark.seed))
+    backbone = backbone or lite0_backbone(cfg.backbone.side, cfg.backbone.weights)
+    cache = FeatureCache(Path(cache_dir) / "features" if cache_dir else None)
+    tasks = []
+    t0 = time.perf_counter()
+    bar = progress.add("features: task", len(bench)) if progress else None
+    for b in bench:
+        tasks.append(TaskData(b.name, b.source, b.splits.train, b.splits.test,
+                              cache.features(backbone, b.splits.train, progress),
+                              cache.features(backbone, b.splits.test, progress)))
+        if bar is not None:
+            progress.advance(bar)
+    if bar is not None:
+        progress.remove(bar)
+    clock["features"] = time.perf_counter() - t0
+
+    confidence, validation = (cfg.confidence, {}) if cfg.confidence != "auto" else (None, None)
+    t0 = time.perf_counter()
+    if "ours" in cfg.mappers and cfg.confidence == "auto":
+        confidence, validation = choose_confidence(cfg, tasks, backbone, progress)
+    clock["validation"] = time.perf_counter() - t0
+
+    agents = {m: LLLAgent(backbone, m, confidence if m == "ours" else 0.0) for m in cfg.mappers}
+    acc = {m: [] for m in cfg.mappers}
+    mapped = {m: [] for m in cfg.mappers}
+    oracle, nbytes, learned = [], {m: [] for m in cfg.mappers}, 0
+    clock["learn"] = clock["evaluate"] = 0.0
+    bar = progress.add("learning tasks", len(tasks)) if progress else None
+    for i, t in enumerate(tasks):
+        t0 = time.perf_counter()
+        path = out / "tasks" / f"{i + 1:02d}_{t.name}.safetensors"
+        if path.is_file():
+            k = load_task(path, backbone.cache_id)
+        else:
+            k = learn_task(t.name, t.train, t.f_train, backbone, _params(cfg), cfg.seed, _anchors(cfg))
+            save_task(k, path)
+            learned += 1
+        shared = t.f_train[maha_picks(t.train.labels, t.train.num_classes, cfg.maha_m, cfg.seed)] \
+            if k.maha_images is not None else None
+        for agent in agents.values():
+            agent.receive(k, shared)
+        oracle.append(head_accuracy(k, t))
+        clock["learn"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for m, agent in agents.items():
+            (a, p), = evaluate(agent, m, tasks[:i + 1])
+            acc[m].append(a)
+            mapped[m].append(p)
+            nbytes[m].append(k.nbytes(SHARED[m]))
+        clock["evaluate"] += time.perf_counter() - t0
+        if bar is not None:
+            progress.advance(bar)
+    if bar is not None:
+        progress.remove(bar)
+    clock["total"] = time.perf_counter() - clock.pop("start")
+    results = {
+        "name": cfg.name, "config": cfg.model_dump(mode="json"), "backbone": backbone.cache_id,
+        "tasks": [{"name": t.name, "source": t.source, "classes": list(t.train.class_names),
+                   "train": len(t.train), "test": len(t.test)} for t in tasks],
+        "oracle": oracle,
+        "mappers": {m: {"confidence": confidence if m == "ours" else None, "acc": acc[m], "mapper_acc": mapped[m],
+                        "average": [sum(r) / len(r) for r in acc[m]],
+                        "mapper_average": [sum(r) / len(r) for r in mapped[m]],
+                        "bytes_per_task": nbytes[m]} for m in cfg.mappers},
+        "validation": validation,
+        "seconds": clock, "tasks_learned_now": learned,
+        "feature_cache": {"hits": cache.hits, "misses": cache.misses},
+    }
+    atomic_write_json(out / "results.json", results)
+    return results

@@ -1,0 +1,32 @@
+"""The summary table of an LLL run: per mapper, accuracy without a task label and bytes shared."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+HEADERS = ("mapper", "average accuracy, all tasks (%)", "task mapper (%)", "task 1 at the end (%)",
+           "bytes shared per task")
+
+
+def lll_rows(results: Mapping[str, Any]) -> list[list[str]]:
+    rows = []
+    for m, r in results["mappers"].items():
+        name = f"{m} (confidence {r['confidence']:g})" if r.get("confidence") else m
+        per_task = r["bytes_per_task"]
+        rows.append([name, f"{r['average'][-1] * 100:.2f}", f"{r['mapper_average'][-1] * 100:.2f}",
+                     f"{r['acc'][-1][0] * 100:.2f}", f"{sum(per_task) / len(per_task) / 1e3:.1f} kB"])
+    oracle = results["oracle"]
+    rows.append(["heads with a task oracle", f"{sum(oracle) / len(oracle) * 100:.2f}", "100", f"{oracle[0] * 100:.2f}", "—"])
+    return rows
+
+
+def lll_markdown(results: Mapping[str, Any]) -> str:
+    lines = ["| " + " | ".join(HEADERS) + " |", "|" + " --- |" * len(HEADERS)]
+    lines += ["| " + " | ".join(row) + " |" for row in lll_rows(results)]
+    tasks = results["tasks"]
+    secs = results["seconds"]
+    lines += ["", f"{len(tasks)} tasks, {sum(len(t['classes']) for t in tasks)} classes; backbone {results['backbone']}; "
+              f"{secs['total']:.0f} s ({secs['features']:.0f} s features, cache {results['feature_cache']['hits']} hits / "
+              f"{results['feature_cache']['misses']} misses)"]
+    return "\n".join(lines) + "\n"
