@@ -103,6 +103,26 @@ def test_sequential_run_records_every_step_and_resumes(tmp_path: Path) -> None:
         run_lll(other, tmp_path / "run", backbone=bb)
 
 
+def test_beneficial_biases_run_beside_the_plain_heads(tmp_path: Path) -> None:
+    cfg = LLLConfig.model_validate({"benchmark": {"size": "tiny"}, "mappers": ["maha"], "gmmc_k": 3,
+                                    "head": {"iterations": 20}, "bb": {"enabled": True, "epochs": 1}})
+    bb = small_backbone()
+    r = run_lll(cfg, tmp_path / "run", backbone=bb)
+    block = r["bb"]
+    assert len(block["oracle"]) == 13 and [len(row) for row in block["mappers"]["maha"]["acc"]] == list(range(1, 14))
+    # with one task the mapper is always right, so accuracy with biases is the biased head's
+    assert block["mappers"]["maha"]["acc"][0][0] == pytest.approx(block["oracle"][0])
+    # each BB bundle shares its biases: more bytes than the plain bundle
+    assert all(b > p for b, p in zip(block["mappers"]["maha"]["bytes_per_task"], r["mappers"]["maha"]["bytes_per_task"]))
+    from exmodel.agents.knowledge import load_task
+
+    k = load_task(next((tmp_path / "run" / "tasks_bb").glob("01_*.safetensors")), bb.cache_id)
+    assert sorted(k.biases) == sorted(n for n, _ in bb.model.named_modules() if n.startswith("hidden")
+                                      and isinstance(bb.model.get_submodule(n), torch.nn.Linear))
+    again = run_lll(cfg, tmp_path / "run", backbone=bb)
+    assert again["bb"]["oracle"] == block["oracle"] and again["tasks_learned_now"] == 0
+
+
 def test_config_errors_are_one_line() -> None:
     with pytest.raises(ValueError, match="unknown mapper 'knn'; available: gmmc, maha, ours"):
         LLLConfig.model_validate({"mappers": ["knn"]})

@@ -31,12 +31,21 @@ class HeadConfig(_Strict):
     iterations: int = Field(200, ge=1, le=10_000)  # L-BFGS
 
 
+class BBConfig(_Strict):
+    """Beneficial biases (Eq. 1-2), trained with the head through the frozen backbone."""
+    enabled: bool = False
+    epochs: int = Field(3, ge=1, le=1000)
+    lr: float = Field(1e-3, gt=0)  # Adam
+    batch_size: int = Field(64, ge=1, le=4096)
+
+
 class LLLConfig(_Strict):
     name: str = "lll"
     benchmark: BenchmarkConfig = BenchmarkConfig()
     backbone: BackboneConfig = BackboneConfig()
     mappers: list[str] = Field(default_factory=lambda: list(MAPPERS), min_length=1)
     head: HeadConfig = HeadConfig()
+    bb: BBConfig = BBConfig()
     gmmc_k: int = Field(25, ge=1, le=1000)  # clusters per task (Sec. 5)
     maha_m: int = Field(5, ge=1, le=1000)  # shared images per class (Sec. 5)
     # `ours`: weight of the heads' confidence; "auto" picks it from `confidence_grid` on a validation split

@@ -88,6 +88,57 @@ def learn_task(name: str, data: ImageDataset, features: torch.Tensor, backbone: 
     return knowledge
 
 
+@dataclass(frozen=True)
+class BiasParams:
+    epochs: int = 3
+    lr: float = 1e-3  # Adam, biases and head together
+    batch_size: int = 64
+
+
+def learn_biases(data: ImageDataset, backbone: Backbone, head: tuple[torch.Tensor, torch.Tensor],
+                 params: BiasParams = BiasParams(), seed: int = 0, progress=None
+                 ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Beneficial biases (Eq. 1-2) and a head trained together through the frozen backbone, the head
+    starting from ``head`` (the task's head on plain features): ``(biases, weight, bias)``."""
+    from exmodel.models.biases import BeneficialBiases
+
+    g = torch.Generator().manual_seed(seed)
+    biases = BeneficialBiases(backbone.model)
+    w = torch.nn.Parameter(head[0].clone())
+    b = torch.nn.Parameter(head[1].clone())
+    opt = torch.optim.Adam([*biases.parameters(), w, b], lr=params.lr)
+    steps = params.epochs * -(-len(data) // params.batch_size)
+    bar = progress.add(f"{data.name}: beneficial biases", steps) if progress else None
+    for _ in range(params.epochs):
+        order = torch.randperm(len(data), generator=g)
+        for i in range(0, len(data), params.batch_size):
+            idx = order[i:i + params.batch_size]
+            with biases.applied(backbone.model):
+                f = backbone.model.forward_features(backbone.prepare(data.images[idx]))
+            loss = F.cross_entropy(f @ w.T + b, data.labels[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if bar is not None:
+                progress.advance(bar)
+    if bar is not None:
+        progress.remove(bar)
+    return biases.state(), w.detach(), b.detach()
+
+
+@torch.no_grad()
+def biased_features(images: torch.Tensor, backbone: Backbone, biases: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Features of ``images`` with a task's beneficial biases in the backbone."""
+    from exmodel.models.biases import BeneficialBiases
+
+    try:
+        bb = BeneficialBiases(backbone.model).load(biases)
+    except ValueError as exc:
+        raise TaskBundleError(f"{exc} (backbone {backbone.cache_id})") from None
+    with bb.applied(backbone.model):
+        return backbone.features(images)
+
+
 class LLLAgent:
     """A bank of task bundles and a task mapper over them."""
 

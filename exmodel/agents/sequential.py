@@ -15,6 +15,7 @@ rest; the weight of best mapper accuracy over all tasks wins, the smaller one on
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ import torch
 from exmodel.agents.config import LLLConfig
 from exmodel.agents.features import Backbone, FeatureCache, lite0_backbone
 from exmodel.agents.knowledge import TaskKnowledge, load_task, save_task
-from exmodel.agents.lll import HeadParams, LLLAgent, learn_task, maha_picks
+from exmodel.agents.lll import BiasParams, HeadParams, LLLAgent, biased_features, learn_biases, learn_task, maha_picks
 from exmodel.config import dump_yaml
 from exmodel.data.types import ImageDataset
 from exmodel.errors import ConfigError
@@ -66,9 +67,12 @@ def _anchors(cfg: LLLConfig) -> tuple[str, ...]:
 
 
 def evaluate(agent: LLLAgent, mapper: str, tasks: list[TaskData], rows: list[torch.Tensor] | None = None,
-             confidences: list[float] | None = None) -> list[tuple[list[float], list[float]]]:
+             confidences: list[float] | None = None, bb_correct: list[torch.Tensor] | None = None
+             ) -> list[tuple[list[float], ...]]:
     """Per task: (accuracy without a task label, mapper accuracy) on its test features (or ``rows`` of
-    the training ones), for the agent's confidence weight or each of ``confidences``."""
+    the training ones), for the agent's confidence weight or each of ``confidences``; with
+    ``bb_correct`` (per task, whether its head with beneficial biases is right on each test image) a
+    third list: the accuracy with beneficial biases (mapped right and right with the task's biases)."""
     xs = [t.f_test if rows is None else t.f_train[rows[j]] for j, t in enumerate(tasks)]
     ys = [t.test.labels if rows is None else t.train.labels[rows[j]] for j, t in enumerate(tasks)]
     anchors, conf = agent.score_parts(torch.cat(xs), mapper)
@@ -76,14 +80,16 @@ def evaluate(agent: LLLAgent, mapper: str, tasks: list[TaskData], rows: list[tor
     out = []
     for c in weights:
         task = (anchors if conf is None or not c else anchors + c * conf).argmax(1)
-        acc, mapped, start = [], [], 0
+        acc, mapped, acc_bb, start = [], [], [], 0
         for j, (x, y) in enumerate(zip(xs, ys)):
             t = task[start:start + len(x)]
             start += len(x)
             right = t == j
             mapped.append(float(right.float().mean()))
             acc.append(float((right & (agent.classify(x, t) == y)).float().mean()))
-        out.append((acc, mapped))
+            if bb_correct is not None:
+                acc_bb.append(float((right & bb_correct[j]).float().mean()))
+        out.append((acc, mapped, acc_bb) if bb_correct is not None else (acc, mapped))
     return out
 
 
@@ -110,6 +116,18 @@ def choose_confidence(cfg: LLLConfig, tasks: list[TaskData], backbone: Backbone,
     table = {str(c): sum(mapped) / len(tasks) for c, (_, mapped) in zip(cfg.confidence_grid, scores)}
     best = max(cfg.confidence_grid, key=lambda c: (table[str(c)], -c))
     return best, table
+
+
+def _with_biases(cfg: LLLConfig, k: TaskKnowledge, t: TaskData, backbone: Backbone, path: Path,
+                 progress: Progress | None) -> TaskKnowledge | None:
+    """The task's bundle with beneficial biases (learned and saved to ``path``), None if already saved."""
+    if path.is_file():
+        return None
+    state, w, b = learn_biases(t.train, backbone, (k.head_weight, k.head_bias),
+                               BiasParams(cfg.bb.epochs, cfg.bb.lr, cfg.bb.batch_size), cfg.seed, progress)
+    kb = dataclasses.replace(k, head_weight=w, head_bias=b, biases=state, info={**k.info, "bb_epochs": cfg.bb.epochs})
+    save_task(kb, path)
+    return kb
 
 
 def _check_run_dir(out: Path, cfg: LLLConfig) -> None:
@@ -158,7 +176,9 @@ def run_lll(cfg: LLLConfig, out: str | Path, data_dir: str | Path | None = None,
     agents = {m: LLLAgent(backbone, m, confidence if m == "ours" else 0.0) for m in cfg.mappers}
     acc = {m: [] for m in cfg.mappers}
     mapped = {m: [] for m in cfg.mappers}
+    acc_bb = {m: [] for m in cfg.mappers}
     oracle, nbytes, learned = [], {m: [] for m in cfg.mappers}, 0
+    oracle_bb, bb_correct, nbytes_bb = [], [], {m: [] for m in cfg.mappers}
     clock["learn"] = clock["evaluate"] = 0.0
     bar = progress.add("learning tasks", len(tasks)) if progress else None
     for i, t in enumerate(tasks):
@@ -175,13 +195,22 @@ def run_lll(cfg: LLLConfig, out: str | Path, data_dir: str | Path | None = None,
         for agent in agents.values():
             agent.receive(k, shared)
         oracle.append(head_accuracy(k, t))
+        if cfg.bb.enabled:
+            kb = _with_biases(cfg, k, t, backbone, out / "tasks_bb" / path.name, progress)
+            kb = kb or load_task(out / "tasks_bb" / path.name, backbone.cache_id)
+            f = biased_features(t.test.images, backbone, kb.biases)
+            bb_correct.append((f @ kb.head_weight.T + kb.head_bias).argmax(1) == t.test.labels)
+            oracle_bb.append(float(bb_correct[-1].float().mean()))
         clock["learn"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         for m, agent in agents.items():
-            (a, p), = evaluate(agent, m, tasks[:i + 1])
+            (a, p, *bb), = evaluate(agent, m, tasks[:i + 1], bb_correct=bb_correct if cfg.bb.enabled else None)
             acc[m].append(a)
             mapped[m].append(p)
             nbytes[m].append(k.nbytes(SHARED[m]))
+            if cfg.bb.enabled:
+                acc_bb[m].append(bb[0])
+                nbytes_bb[m].append(kb.nbytes(SHARED[m]))
         clock["evaluate"] += time.perf_counter() - t0
         if bar is not None:
             progress.advance(bar)
@@ -198,6 +227,10 @@ def run_lll(cfg: LLLConfig, out: str | Path, data_dir: str | Path | None = None,
                         "mapper_average": [sum(r) / len(r) for r in mapped[m]],
                         "bytes_per_task": nbytes[m]} for m in cfg.mappers},
         "validation": validation,
+        "bb": None if not cfg.bb.enabled else {
+            "oracle": oracle_bb,
+            "mappers": {m: {"acc": acc_bb[m], "average": [sum(r) / len(r) for r in acc_bb[m]],
+                            "bytes_per_task": nbytes_bb[m]} for m in cfg.mappers}},
         "seconds": clock, "tasks_learned_now": learned,
         "feature_cache": {"hits": cache.hits, "misses": cache.misses},
     }

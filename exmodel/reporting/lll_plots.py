@@ -95,6 +95,9 @@ def plot_lll(results: Mapping[str, Any], out: str | os.PathLike) -> list[Path]:
         ax.bar(pos + (2 * k + 1) * width, np.array(r["acc"][-1]) * 100, width, color=COLORS[k], label=f"{m}: LLL")
     ax.bar(pos + 2 * len(mappers) * width, np.array(results["oracle"]) * 100, width, color="grey",
            label="head, task oracle")
+    if results.get("bb"):  # Fig. 7 bottom: the head with beneficial biases, task oracle, as an outline
+        ax.bar(pos + 2 * len(mappers) * width, np.array(results["bb"]["oracle"]) * 100, width, fill=False,
+               edgecolor="black", label="head + BB, task oracle")
     ax.set_xticks(pos + 0.4 - width / 2, names, rotation=35, ha="right", fontsize=8)
     ax.set_ylim(0, 100)
     ax.set_ylabel("accuracy after all tasks (%)")
@@ -106,5 +109,7 @@ def plot_lll(results: Mapping[str, Any], out: str | os.PathLike) -> list[Path]:
     paths.append(_curves(out / "average.png", f"{results['name']}: accuracy averaged over the tasks learned, "
                          "no task label", "average accuracy (%)",
                          [(label(m), r["average"], line(k)) for k, (m, r) in enumerate(mappers.items())]
+                         + [(f"{label(m)} + BB", r["average"], {**line(k), "ls": "--", "marker": "s"})
+                            for k, (m, r) in enumerate(((results.get("bb") or {}).get("mappers") or {}).items())]
                          + [("heads with a task oracle", [float(np.mean(results["oracle"][:t])) for t in x], oracle)]))
     return paths

@@ -18,6 +18,16 @@ def lll_rows(results: Mapping[str, Any]) -> list[list[str]]:
                      f"{r['acc'][-1][0] * 100:.2f}", f"{sum(per_task) / len(per_task) / 1e3:.1f} kB"])
     oracle = results["oracle"]
     rows.append(["heads with a task oracle", f"{sum(oracle) / len(oracle) * 100:.2f}", "100", f"{oracle[0] * 100:.2f}", "—"])
+    bb = results.get("bb")
+    if bb:
+        for m, r in bb["mappers"].items():
+            conf = results["mappers"][m].get("confidence")
+            name = f"{m} (confidence {conf:g}) + BB" if conf else f"{m} + BB"
+            per_task = r["bytes_per_task"]
+            rows.append([name, f"{r['average'][-1] * 100:.2f}", f"{results['mappers'][m]['mapper_average'][-1] * 100:.2f}",
+                         f"{r['acc'][-1][0] * 100:.2f}", f"{sum(per_task) / len(per_task) / 1e3:.1f} kB"])
+        o = bb["oracle"]
+        rows.append(["heads + BB with a task oracle", f"{sum(o) / len(o) * 100:.2f}", "100", f"{o[0] * 100:.2f}", "—"])
     return rows
 
 
