@@ -94,6 +94,13 @@ def test_sequential_run_records_every_step_and_resumes(tmp_path: Path) -> None:
         assert acc[0][0] == pytest.approx(r["oracle"][0])  # ... so the head alone decides
         assert all(0 <= v <= 1 for row in acc for v in row)
     assert r["mappers"]["ours"]["confidence"] in (0, 5) and set(r["validation"]) == {"0.0", "5.0"}
+    # training MACs: the MLP backbone's forward is one 768 x 32 matmul per image (3 x 16 x 16 inputs)
+    macs = r["macs"]
+    assert macs["features_per_image"] == 3 * 16 * 16 * 32
+    first = macs["per_task"][0]
+    assert first["features"] == 3 * 16 * 16 * 32 * 40 and first["head"] > 0 and first["gmmc"] > 0
+    assert macs["variants"]["gmmc"] - macs["variants"]["maha"] == \
+        sum(t["gmmc"] for t in macs["per_task"]) - macs["receiver_covariance"]
     assert len(list((tmp_path / "run" / "tasks").glob("*.safetensors"))) == 13
     again = run_lll(cfg, tmp_path / "run", cache_dir=tmp_path / "cache", backbone=bb)
     assert again["tasks_learned_now"] == 0 and again["feature_cache"]["hits"] == 26
@@ -121,6 +128,11 @@ def test_beneficial_biases_run_beside_the_plain_heads(tmp_path: Path) -> None:
                                       and isinstance(bb.model.get_submodule(n), torch.nn.Linear))
     again = run_lll(cfg, tmp_path / "run", backbone=bb)
     assert again["bb"]["oracle"] == block["oracle"] and again["tasks_learned_now"] == 0
+    # biases cost at least a forward pass per training image and epoch (the backward pass of frozen
+    # weights computes no weight gradients, and none for the input layer)
+    per_task = again["macs"]["per_task"]
+    assert all(t["bb"] >= t["features"] for t in per_task)
+    assert again["macs"]["variants"]["maha + BB"] == again["macs"]["variants"]["maha"] + sum(t["bb"] for t in per_task)
 
 
 def test_config_errors_are_one_line() -> None:

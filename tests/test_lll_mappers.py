@@ -34,6 +34,16 @@ def test_gmmc_caps_clusters_by_samples() -> None:
     assert len(a.weights) == 5 and a.means.shape == (5, 4) and float(a.weights.sum()) == pytest.approx(1, abs=1e-5)
 
 
+def test_training_cost_formulas_by_hand() -> None:
+    from exmodel.agents.sequential import maha_receiver_macs
+
+    # k-means (at most 300 Lloyd steps) + 4 n k d per EM iteration
+    assert M.gmmc_fit_macs(100, 5, 8, iterations=10) == 100 * 5 * 8 * (300 + 40)
+    # the receiver's SVD after each task: 10 then 25 shared samples of dimension 20
+    assert maha_receiver_macs([10, 15], 20) == 10 * 20 * 10 + 25 * 20 * 20
+    assert M.fit_gmmc(torch.randn(40, 3), k=2).fit_macs >= 40 * 2 * 3 * 300
+
+
 def test_tied_covariance_by_hand() -> None:
     samples = torch.tensor([[1.0, 0.0], [3.0, 0.0], [0.0, 2.0], [0.0, 4.0]])
     labels = torch.tensor([0, 0, 1, 1])

@@ -33,6 +33,7 @@ class GMMCAnchor:
     weights: torch.Tensor  # (k,), sums to 1
     means: torch.Tensor  # (k, D)
     variances: torch.Tensor  # (k, D), > 0
+    fit_macs: int = 0  # what fitting it cost (gmmc_fit_macs); not shared
 
 
 def fit_gmmc(features: torch.Tensor, k: int = GMMC_K, seed: int = 0) -> GMMCAnchor:
@@ -43,7 +44,16 @@ def fit_gmmc(features: torch.Tensor, k: int = GMMC_K, seed: int = 0) -> GMMCAnch
     gmm = GaussianMixture(n_components=k, covariance_type="diag", reg_covar=1e-4, max_iter=200, random_state=seed)
     gmm.fit(features.double().numpy())
     as_t = lambda a: torch.from_numpy(np.asarray(a, dtype=np.float32))  # noqa: E731
-    return GMMCAnchor(as_t(gmm.weights_), as_t(gmm.means_), as_t(gmm.covariances_))
+    fit_macs = gmmc_fit_macs(len(features), k, features.shape[1], int(gmm.n_iter_))
+    return GMMCAnchor(as_t(gmm.weights_), as_t(gmm.means_), as_t(gmm.covariances_), fit_macs)
+
+
+def gmmc_fit_macs(n: int, k: int, d: int, iterations: int, kmeans_iterations: int = 300) -> int:
+    """Multiply-accumulates of fitting k diagonal Gaussians to n d-dim points by EM, by formula:
+    k-means initialisation (at most ``kmeans_iterations`` Lloyd steps of n k d) plus per EM iteration
+    the E-step's weighted distances (2 n k d: squares and products against 1/σ²) and the M-step's
+    means and variances (2 n k d)."""
+    return n * k * d * (kmeans_iterations + 4 * iterations)
 
 
 def gmmc_scores(x: torch.Tensor, anchors: list[GMMCAnchor]) -> torch.Tensor:

@@ -118,16 +118,60 @@ def choose_confidence(cfg: LLLConfig, tasks: list[TaskData], backbone: Backbone,
     return best, table
 
 
+def counted(fn, *args, **kwargs):
+    """``(fn(*args, **kwargs), its multiply-accumulates)``, counted by PyTorch's FLOP counter (matmuls and
+    convolutions, forward and backward, 2 FLOPs per MAC); NumPy work (scikit-learn) is not seen."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        out = fn(*args, **kwargs)
+    return out, int(counter.get_total_flops()) // 2
+
+
+def _learn(cfg: LLLConfig, t: TaskData, backbone: Backbone, per_image: int) -> TaskKnowledge:
+    """The task's plain bundle, with what learning it cost in its ``info["macs"]``: the backbone's
+    forward pass over its training images, the head's L-BFGS (counted) and the GMM fit (formula)."""
+    k, head_macs = counted(learn_task, t.name, t.train, t.f_train, backbone, _params(cfg), cfg.seed, _anchors(cfg))
+    k.info["macs"] = {"features": per_image * len(t.train), "head": head_macs,
+                      "gmmc": k.gmmc.fit_macs if k.gmmc is not None else 0}
+    return k
+
+
 def _with_biases(cfg: LLLConfig, k: TaskKnowledge, t: TaskData, backbone: Backbone, path: Path,
                  progress: Progress | None) -> TaskKnowledge | None:
     """The task's bundle with beneficial biases (learned and saved to ``path``), None if already saved."""
     if path.is_file():
         return None
-    state, w, b = learn_biases(t.train, backbone, (k.head_weight, k.head_bias),
-                               BiasParams(cfg.bb.epochs, cfg.bb.lr, cfg.bb.batch_size), cfg.seed, progress)
-    kb = dataclasses.replace(k, head_weight=w, head_bias=b, biases=state, info={**k.info, "bb_epochs": cfg.bb.epochs})
+    (state, w, b), macs = counted(learn_biases, t.train, backbone, (k.head_weight, k.head_bias),
+                                  BiasParams(cfg.bb.epochs, cfg.bb.lr, cfg.bb.batch_size), cfg.seed, progress)
+    kb = dataclasses.replace(k, head_weight=w, head_bias=b, biases=state,
+                             info={**k.info, "bb_epochs": cfg.bb.epochs, "macs": {**k.info["macs"], "bb": macs}})
     save_task(kb, path)
     return kb
+
+
+def maha_receiver_macs(shared_per_task: list[int], d: int) -> int:
+    """MACs of the receiver's MAHA covariance, recomputed after every task: a thin SVD of the M x d
+    centred shared samples, ~M d min(M, d), for the M samples held after each task."""
+    total, m = 0, 0
+    for n in shared_per_task:
+        m += n
+        total += m * d * min(m, d)
+    return total
+
+
+def training_macs(task_macs: list[dict[str, int]], cfg: LLLConfig, d: int, classes: list[int]) -> dict[str, int]:
+    """Training MACs of one agent learning every task, per variant (SKILL Table 1)."""
+    base = sum(t.get("features", 0) + t.get("head", 0) for t in task_macs)
+    gmmc = sum(t.get("gmmc", 0) for t in task_macs)
+    maha = maha_receiver_macs([c * cfg.maha_m for c in classes], d)
+    bb = sum(t.get("bb", 0) for t in task_macs)
+    out = {}
+    for m in cfg.mappers:
+        out[m] = base + (gmmc if m == "gmmc" else maha)
+        if cfg.bb.enabled:
+            out[f"{m} + BB"] = out[m] + bb
+    return out
 
 
 def _check_run_dir(out: Path, cfg: LLLConfig) -> None:
@@ -179,6 +223,9 @@ def run_lll(cfg: LLLConfig, out: str | Path, data_dir: str | Path | None = None,
     acc_bb = {m: [] for m in cfg.mappers}
     oracle, nbytes, learned = [], {m: [] for m in cfg.mappers}, 0
     oracle_bb, bb_correct, nbytes_bb = [], [], {m: [] for m in cfg.mappers}
+    with torch.no_grad():
+        _, per_image = counted(backbone.model.forward_features, backbone.prepare(tasks[0].train.images[:1]))
+    task_macs: list[dict[str, int]] = []
     clock["learn"] = clock["evaluate"] = 0.0
     bar = progress.add("learning tasks", len(tasks)) if progress else None
     for i, t in enumerate(tasks):
@@ -187,9 +234,10 @@ def run_lll(cfg: LLLConfig, out: str | Path, data_dir: str | Path | None = None,
         if path.is_file():
             k = load_task(path, backbone.cache_id)
         else:
-            k = learn_task(t.name, t.train, t.f_train, backbone, _params(cfg), cfg.seed, _anchors(cfg))
+            k = _learn(cfg, t, backbone, per_image)
             save_task(k, path)
             learned += 1
+        task_macs.append(dict(k.info.get("macs", {})))
         shared = t.f_train[maha_picks(t.train.labels, t.train.num_classes, cfg.maha_m, cfg.seed)] \
             if k.maha_images is not None else None
         for agent in agents.values():
@@ -198,6 +246,7 @@ def run_lll(cfg: LLLConfig, out: str | Path, data_dir: str | Path | None = None,
         if cfg.bb.enabled:
             kb = _with_biases(cfg, k, t, backbone, out / "tasks_bb" / path.name, progress)
             kb = kb or load_task(out / "tasks_bb" / path.name, backbone.cache_id)
+            task_macs[-1]["bb"] = kb.info.get("macs", {}).get("bb", 0)
             f = biased_features(t.test.images, backbone, kb.biases)
             bb_correct.append((f @ kb.head_weight.T + kb.head_bias).argmax(1) == t.test.labels)
             oracle_bb.append(float(bb_correct[-1].float().mean()))
@@ -231,6 +280,10 @@ def run_lll(cfg: LLLConfig, out: str | Path, data_dir: str | Path | None = None,
             "oracle": oracle_bb,
             "mappers": {m: {"acc": acc_bb[m], "average": [sum(r) / len(r) for r in acc_bb[m]],
                             "bytes_per_task": nbytes_bb[m]} for m in cfg.mappers}},
+        "macs": {"features_per_image": per_image, "per_task": task_macs,
+                 "receiver_covariance": maha_receiver_macs([len(t.train.class_names) * cfg.maha_m for t in tasks],
+                                                           backbone.num_features),
+                 "variants": training_macs(task_macs, cfg, backbone.num_features, [len(t.train.class_names) for t in tasks])},
         "seconds": clock, "tasks_learned_now": learned,
         "feature_cache": {"hits": cache.hits, "misses": cache.misses},
     }
