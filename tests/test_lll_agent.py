@@ -133,6 +133,10 @@ def test_beneficial_biases_run_beside_the_plain_heads(tmp_path: Path) -> None:
     per_task = again["macs"]["per_task"]
     assert all(t["bb"] >= t["features"] for t in per_task)
     assert again["macs"]["variants"]["maha + BB"] == again["macs"]["variants"]["maha"] + sum(t["bb"] for t in per_task)
+    from exmodel.reporting.lll_table import lll_markdown
+
+    table = lll_markdown(again)
+    assert "| LLL, no BB, maha | " in table and " | 1.0x | " in table and "| LLL, BB, maha | " in table
 
 
 def test_config_errors_are_one_line() -> None:

@@ -31,9 +31,29 @@ def lll_rows(results: Mapping[str, Any]) -> list[list[str]]:
     return rows
 
 
+def macs_rows(results: Mapping[str, Any]) -> list[list[str]]:
+    """SKILL Table 1: training MACs of each variant for all tasks, relative to the cheapest, and its
+    final average accuracy without a task label."""
+    variants = (results.get("macs") or {}).get("variants") or {}
+    if not variants:
+        return []
+    cheapest = min(variants.values())
+    rows = []
+    for name, macs in variants.items():
+        mapper, _, bb = name.partition(" + ")
+        block = results["bb"]["mappers"][mapper] if bb else results["mappers"][mapper]
+        rows.append([f"LLL, {'BB' if bb else 'no BB'}, {mapper}", f"{macs:.3g}", f"{macs / cheapest:.1f}x",
+                     f"{block['average'][-1] * 100:.2f}"])
+    return rows
+
+
 def lll_markdown(results: Mapping[str, Any]) -> str:
     lines = ["| " + " | ".join(HEADERS) + " |", "|" + " --- |" * len(HEADERS)]
     lines += ["| " + " | ".join(row) + " |" for row in lll_rows(results)]
+    macs = macs_rows(results)
+    if macs:
+        lines += ["", "| variant | training MACs | relative | average accuracy (%) |", "| --- | ---: | ---: | ---: |"]
+        lines += ["| " + " | ".join(row) + " |" for row in macs]
     tasks = results["tasks"]
     secs = results["seconds"]
     lines += ["", f"{len(tasks)} tasks, {sum(len(t['classes']) for t in tasks)} classes; backbone {results['backbone']}; "
