@@ -94,8 +94,10 @@ def test_linear_head_reads_raw_features_and_separates_classes() -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.cat([torch.randn(50, 8, generator=g) * 3 + 100, torch.randn(50, 8, generator=g) * 3 + 106])
     y = torch.repeat_interleave(torch.arange(2), 50)
-    w, b = fit_linear_head(x, y, 2, HeadParams(iterations=100))
+    stats: dict = {}
+    w, b = fit_linear_head(x, y, 2, HeadParams(iterations=100), stats)
     assert w.shape == (2, 8) and b.shape == (2,)
+    assert 1 <= stats["evaluations"] <= 125 and stats["macs"] == 2 * stats["evaluations"] * 100 * 8 * 2
     assert ((x @ w.T + b).argmax(1) == y).float().mean() >= 0.98  # raw, unstandardized features
     w2, b2 = fit_linear_head(x, y, 2, HeadParams(iterations=100))
     assert torch.equal(w, w2) and torch.equal(b, b2)  # deterministic

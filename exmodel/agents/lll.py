@@ -37,8 +37,10 @@ class HeadParams:
 
 
 def fit_linear_head(features: torch.Tensor, labels: torch.Tensor, n_classes: int,
-                    params: HeadParams = HeadParams()) -> tuple[torch.Tensor, torch.Tensor]:
-    """A linear softmax classifier on raw ``features``: ``(weight (C, D), bias (C,))``, deterministic."""
+                    params: HeadParams = HeadParams(), stats: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A linear softmax classifier on raw ``features``: ``(weight (C, D), bias (C,))``, deterministic.
+    ``stats``, when given, receives ``evaluations`` (loss and gradient evaluations of L-BFGS) and
+    ``macs``: 2 N D C per evaluation (the logits, and the weights' gradient)."""
     mean, std = features.mean(0), features.std(0).clamp_min(1e-6)
     x = (features - mean) / std
     w = torch.zeros(n_classes, x.shape[1], requires_grad=True)
@@ -46,13 +48,18 @@ def fit_linear_head(features: torch.Tensor, labels: torch.Tensor, n_classes: int
     opt = torch.optim.LBFGS([w, b], max_iter=params.iterations, line_search_fn="strong_wolfe",
                             tolerance_grad=1e-6, tolerance_change=1e-9)
 
+    evaluations = [0]
+
     def closure():
+        evaluations[0] += 1
         opt.zero_grad()
         loss = F.cross_entropy(x @ w.T + b, labels) + params.weight_decay * w.pow(2).sum()
         loss.backward()
         return loss
 
     opt.step(closure)
+    if stats is not None:
+        stats.update(evaluations=evaluations[0], macs=2 * evaluations[0] * x.shape[0] * x.shape[1] * n_classes)
     w, b = w.detach(), b.detach()
     return w / std, b - (w * (mean / std)).sum(1)  # the same logits on raw features
 
@@ -74,9 +81,11 @@ def learn_task(name: str, data: ImageDataset, features: torch.Tensor, backbone: 
     if len(features) != len(data):
         raise ConfigError(f"task {name}: {len(features)} feature rows for {len(data)} images")
     c = data.num_classes
-    w, b = fit_linear_head(features, data.labels, c, params)
+    stats: dict = {}
+    w, b = fit_linear_head(features, data.labels, c, params, stats)
     knowledge = TaskKnowledge(name, tuple(data.class_names), backbone.cache_id, w, b,
-                              info={"train_images": len(data)})
+                              info={"train_images": len(data), "head_evaluations": stats["evaluations"],
+                                    "macs": {"head": stats["macs"]}})
     if "gmmc" in anchors:
         knowledge.gmmc = M.fit_gmmc(features, params.gmmc_k, seed)
     if "maha" in anchors:

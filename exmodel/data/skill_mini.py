@@ -32,6 +32,7 @@ Images are kept as they are (1 or 3 channels, 8 to 48 px); the backbone resizes 
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from importlib import metadata
@@ -229,7 +230,13 @@ def _faces(size: str, rng) -> SkillTask:
 
 # ------------------------------------------------------------------------------------------- build
 def build_skill_mini(data_dir: str | os.PathLike | None = None, size: str = "full", seed: int = 0) -> list[SkillTask]:
-    """The 13 tasks in their learning order (see the module docstring); ``size`` is ``full`` or ``tiny``."""
+    """The 13 tasks in their learning order (see the module docstring); ``size`` is ``full`` or ``tiny``.
+    Built once per process for each (data folder, size, seed)."""
+    return list(_build(None if data_dir is None else str(Path(data_dir).resolve()), size, seed))
+
+
+@functools.lru_cache(maxsize=4)
+def _build(data_dir: str | None, size: str, seed: int) -> tuple[SkillTask, ...]:
     from exmodel.data import load_dataset
 
     if size not in PER_CLASS:
@@ -264,7 +271,7 @@ def build_skill_mini(data_dir: str | os.PathLike | None = None, size: str = "ful
         _glyph_task("printed_digits", DIGITS, all_fonts, size, rng),
         _glyph_task("symbols", SYMBOLS, symbol_fonts, size, rng),
     ]
-    return tasks
+    return tuple(tasks)
 
 
 def manifest(tasks: list[SkillTask], size: str, seed: int) -> dict:
