@@ -162,3 +162,18 @@ def test_cli_runs_the_tiny_benchmark_on_the_real_backbone(tmp_path: Path, capsys
         assert (out / name).stat().st_size > 0
     # a real backbone on real images: the heads beat chance (1 / classes) by far
     assert sum(results["oracle"]) / 13 > 0.5
+
+
+def test_an_expert_bundle_serves_as_the_backbone(tmp_path: Path) -> None:
+    """A trunk trained elsewhere (here: an untrained LeNet-BN expert of 1 x 28 x 28 digits) plugs in
+    from config; colour images are averaged to its one channel and normalized by its card."""
+    from helpers import make_bundle
+
+    bundle = make_bundle(tmp_path / "lenet", "lenet_bn", [0, 1], num_global_classes=2, shape=(1, 28, 28))
+    cfg = LLLConfig.model_validate({"benchmark": {"size": "tiny"}, "mappers": ["maha"], "head": {"iterations": 10},
+                                    "backbone": {"name": "bundle", "bundle": str(bundle)}})
+    r = run_lll(cfg, tmp_path / "run", cache_dir=tmp_path / "cache")
+    assert r["backbone"].startswith("bundle-lenet_bn-") and r["backbone"].endswith("/28px")
+    assert len(r["oracle"]) == 13 and r["macs"]["features_per_image"] > 0
+    with pytest.raises(ValueError, match="backbone.bundle names the bundle of backbone.name 'bundle'"):
+        LLLConfig.model_validate({"backbone": {"bundle": str(bundle)}})

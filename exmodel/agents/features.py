@@ -38,6 +38,7 @@ class Backbone:
     side: int = DEFAULT_SIDE
     normalize: Callable[[torch.Tensor], torch.Tensor] = lambda x: x
     batch_size: int = 128
+    channels: int = 3  # what the model takes: grey images are replicated, colour ones averaged to grey
 
     def __post_init__(self) -> None:
         self.model.eval()
@@ -53,10 +54,12 @@ class Backbone:
         return f"{self.name}/{self.side}px"
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (N, C, H, W), C in {1, 3} -> the backbone's input (N, 3, side, side)."""
+        """uint8 (N, C, H, W), C in {1, 3} -> the backbone's input (N, channels, side, side)."""
         x = images.float().div(255.0)
-        if x.shape[1] == 1:
+        if x.shape[1] == 1 and self.channels == 3:
             x = x.expand(-1, 3, -1, -1)
+        elif x.shape[1] == 3 and self.channels == 1:
+            x = x.mean(1, keepdim=True)
         if x.shape[-2:] != (self.side, self.side):
             x = F.interpolate(x, size=(self.side, self.side), mode="bilinear", align_corners=False,
                               antialias=x.shape[-1] > self.side)
@@ -84,6 +87,24 @@ def lite0_backbone(side: int = DEFAULT_SIDE, weights: str | os.PathLike | None =
     path = Path(weights) if weights else lite0_weights_path()
     return Backbone(efficientnet_lite0_imagenet(path), f"efficientnet_lite0-imagenet-{path.stem}", side,
                     imagenet_lite_normalize)
+
+
+def bundle_backbone(path: str | os.PathLike) -> Backbone:
+    """The trunk of an exmodel expert bundle (one trained in-project, or imported) as the backbone:
+    its ``forward_features``, its input size and channels, its card's normalization. The cache key
+    names the bundle by its weights' SHA-256, so retrained weights never share features."""
+    from exmodel.errors import BundleError
+    from exmodel.experts.bundle import load_bundle
+
+    expert = load_bundle(path)
+    net, card = expert.net, expert.card
+    if not hasattr(net, "forward_features") or not getattr(net, "num_features", 0):
+        raise BundleError(f"{path}: its network ({card.arch}) has no forward_features to serve as a backbone")
+    c, h, _ = card.input_shape
+    mean = torch.tensor(card.normalization.mean).view(1, c, 1, 1)
+    std = torch.tensor(card.normalization.std).view(1, c, 1, 1)
+    return Backbone(net, f"bundle-{card.arch}-{card.weights_sha256[:16]}", int(h), lambda x: (x - mean) / std,
+                    channels=int(c))
 
 
 def images_digest(images: torch.Tensor) -> str:

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from exmodel.agents.config import LLLConfig
-from exmodel.agents.features import Backbone, FeatureCache, lite0_backbone
+from exmodel.agents.features import Backbone, FeatureCache, bundle_backbone, lite0_backbone
 from exmodel.agents.knowledge import TaskKnowledge, load_task, save_task
 from exmodel.agents.lll import BiasParams, HeadParams, LLLAgent, biased_features, learn_biases, learn_task, maha_picks
 from exmodel.config import dump_yaml
@@ -196,7 +196,9 @@ def run_lll(cfg: LLLConfig, out: str | Path, data_dir: str | Path | None = None,
     clock = {"start": time.perf_counter()}
     bench = build_skill_mini(data_dir, cfg.benchmark.size, cfg.benchmark.seed)
     atomic_write_json(out / "benchmark.json", manifest(bench, cfg.benchmark.size, cfg.benchmark.seed))
-    backbone = backbone or lite0_backbone(cfg.backbone.side, cfg.backbone.weights)
+    if backbone is None:
+        backbone = bundle_backbone(cfg.backbone.bundle) if cfg.backbone.name == "bundle" \
+            else lite0_backbone(cfg.backbone.side, cfg.backbone.weights)
     cache = FeatureCache(Path(cache_dir) / "features" if cache_dir else None)
     tasks = []
     t0 = time.perf_counter()
