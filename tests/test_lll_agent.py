@@ -43,6 +43,13 @@ def test_prepare_makes_rgb_at_the_backbone_side() -> None:
     assert x.shape == (2, 3, 16, 16) and torch.allclose(x, torch.ones_like(x))
 
 
+def test_prepare_averages_colour_for_a_grey_backbone() -> None:
+    bb = Backbone(build_model("mlp", in_channels=1, input_size=8, hidden=[4]), "grey", 8, channels=1)
+    rgb = torch.zeros(1, 3, 8, 8, dtype=torch.uint8)
+    rgb[:, 0] = 255  # pure red
+    assert torch.allclose(bb.prepare(rgb), torch.full((1, 1, 8, 8), 1 / 3))
+
+
 def test_feature_cache_hits_keys_on_content_and_recomputes_damage(tmp_path: Path) -> None:
     bb, cache = small_backbone(), FeatureCache(tmp_path)
     data = blobs("a", 10)
