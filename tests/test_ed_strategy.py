@@ -49,7 +49,7 @@ def build_lenet_bn():
 
 @pytest.mark.slow
 def test_replay_ed_learns_the_stream_and_beats_noise():
-    params = {"buffer_size": 300, "iterations": 150, "batch_size": 64}
+    params = {"buffer_size": 300, "iterations": 90, "batch_size": 64}  # 0.855 and 0.10 measured (2026-12-07)
     cfg = cfg_for([{"name": "replay_ed", "params": params}, {"name": "noise_ed", "params": params}])
     replay, noise = run(cfg, "replay_ed"), run(cfg, "noise_ed")
     assert replay["stream_accuracy"] > 0.6  # real-data distillation: far above chance (0.1) on 10 classes
@@ -58,7 +58,7 @@ def test_replay_ed_learns_the_stream_and_beats_noise():
 
 @pytest.mark.slow
 def test_replay_ed_learns_with_mixup_ema_and_cosine_schedule():
-    params = {"buffer_size": 300, "iterations": 150, "batch_size": 64, "mixup": 0.4, "ema": 0.95,
+    params = {"buffer_size": 300, "iterations": 90, "batch_size": 64, "mixup": 0.4, "ema": 0.95,  # 0.745 measured
               "lr_schedule": "cosine"}
     rec = run(cfg_for([{"name": "replay_ed", "params": params}]), "replay_ed")
     assert rec["stream_accuracy"] > 0.6
