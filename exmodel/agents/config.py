@@ -5,13 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from exmodel.agents.lll import MAPPERS
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+from exmodel.config import _Strict
 
 
 class BenchmarkConfig(_Strict):
