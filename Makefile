@@ -23,8 +23,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/exmodel run --out runs/demo-$$(date +%Y%m%d-%H%M%S)
 
+# One test process per core (pytest-xdist), each held to one torch thread: the suite is many small
+# models, which gain more from running side by side than from threads inside one.
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n auto --dist worksteal
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -288,7 +288,7 @@ def evaluate(bundles: list[Path] = typer.Argument(..., help="Expert bundles to s
 GLOBAL_FLAGS = ("--quiet", "-q", "--debug")
 
 
-from exmodel import cli_experts, cli_lll  # noqa: E402,F401  (register consolidate, import, card-template, lll)
+from exmodel import cli_experts, cli_lll, cli_skill  # noqa: E402,F401  (register consolidate, import, card-template, lll, skill)
 
 
 def _split_global_flags(argv: list[str]) -> tuple[list[str], list[str]]:

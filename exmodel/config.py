@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from exmodel.errors import ConfigError
-from exmodel.fileio import read_text
+from exmodel.fileio import atomic_write_text, read_text
 
 # Run and strategy names become folder and file names (runs/NAME-time/, cells/NAME/, the expert
 # cache): one path component, no separators, no "..", nothing a terminal would interpret.
@@ -67,6 +67,22 @@ def dump_yaml(tree: Any) -> str:
 def read_yaml_file(path: Path) -> Any:
     """The YAML document of the file ``path``: bounded in size, UTF-8, no aliases."""
     return parse_yaml(read_text(path, "config file", ConfigError), str(path))
+
+
+def claim_run_folder(out: Path, cfg: BaseModel, same=None) -> None:
+    """Write ``cfg`` to ``out/config.yaml``, or check that the run folder already holds the same config.
+    Stored configs are compared after validation (``same(stored, cfg)``, default equality), so a run
+    made before a new defaulted key existed can still be resumed."""
+    path = out / "config.yaml"
+    if path.exists():
+        try:
+            stored = type(cfg).model_validate(read_yaml_file(path))
+            ok = (same or (lambda a, b: a == b))(stored, cfg)
+        except (ConfigError, ValueError):
+            ok = False
+        if not ok:
+            raise ConfigError(f"{out} holds a run of a different config; use another --out to start a new run")
+    atomic_write_text(path, dump_yaml(cfg.model_dump(mode="json")))
 
 
 class _Strict(BaseModel):

@@ -22,14 +22,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from exmodel.config import RunConfig, dump_yaml, read_yaml_file
+from exmodel.config import RunConfig, claim_run_folder
 from exmodel.data import load_dataset, resolve_data_dir
 from exmodel.errors import ExmodelError
 from exmodel.evaluation import (AccuracyMatrix, accuracy_after_each_task, old_new_accuracy, PeakMemory, Stopwatch, average_accuracy, backward_transfer,
                                 confusion_matrix, count_macs, evaluate_predictor, forgetting, per_class_accuracy,
                                 state_bytes, stream_accuracy)
 from exmodel.experts.zoo import expert_stream
-from exmodel.fileio import atomic_write_json, atomic_write_text, read_text
+from exmodel.fileio import atomic_write_json, read_text
 from exmodel.progress import Progress
 from exmodel.reporting.aggregate import aggregate
 from exmodel.reporting.records import EventLog, environment
@@ -148,18 +148,8 @@ def experts_for(cfg: RunConfig, data, source: str, seed: int, cache_dir: Path | 
 
 def _check_out_dir(out: Path, cfg: RunConfig) -> None:
     """A run folder holds one config, up to its seeds (a run gains seeds as it goes: each seed's cells
-    are its own). Stored configs are compared after validation, so a run made before a new
-    (defaulted) config key existed can still be resumed."""
-    path = out / "config.yaml"
-    if path.exists():
-        try:
-            stored = RunConfig.model_validate(read_yaml_file(path))
-            same = stored.model_copy(update={"seeds": cfg.seeds}) == cfg
-        except (ExmodelError, ValueError):
-            same = False
-        if not same:
-            raise ExmodelError(f"{out} holds a run of a different config; use another --out to start a new run")
-    atomic_write_text(path, dump_yaml(cfg.model_dump()))
+    are its own)."""
+    claim_run_folder(out, cfg, lambda stored, cfg: stored.model_copy(update={"seeds": cfg.seeds}) == cfg)
 
 
 def _finished_cell(path: Path) -> dict | None:

@@ -87,3 +87,21 @@ def test_trained_biases_fit_what_no_head_on_the_frozen_features_can() -> None:
     biased_acc = float(((biased @ w.T + b).argmax(1) == labels).float().mean())
     assert biased_loss < plain_loss - 0.05 and biased_acc > plain_acc + 0.1, (plain_loss, biased_loss)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_frozen_head_stays_and_a_refit_head_is_the_lbfgs_fit_on_biased_features() -> None:
+    torch.manual_seed(0)
+    bb = Backbone(build_model("mlp", in_channels=3, input_size=4, hidden=[8]), "mlp-test", 4)
+    g = torch.Generator().manual_seed(1)
+    labels = torch.arange(2).repeat(10)
+    images = (torch.randint(0, 100, (20, 1, 4, 4), generator=g) + 100 * labels.view(-1, 1, 1, 1)).to(torch.uint8)
+    data = ImageDataset(images, labels, ("dark", "light"), "levels")
+    head = fit_linear_head(bb.features(images), labels, 2)
+    state, w, b = learn_biases(data, bb, head, BiasParams(epochs=3, lr=1e-2, batch_size=8, head_lr=0.0))
+    assert torch.equal(w, head[0]) and torch.equal(b, head[1])  # head_lr 0: only the biases learn
+    assert any(v.abs().max() > 0 for v in state.values())
+    state2, w2, b2 = learn_biases(data, bb, head, BiasParams(epochs=3, lr=1e-2, batch_size=8, head_lr=0.0,
+                                                             refit_head=True), head_params=HeadParams(iterations=50))
+    assert all(torch.equal(state[k], state2[k]) for k in state)  # same seed, same biases
+    refit = fit_linear_head(biased_features(images, bb, state2), labels, 2, HeadParams(iterations=50))
+    assert torch.equal(w2, refit[0]) and torch.equal(b2, refit[1])

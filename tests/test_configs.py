@@ -11,7 +11,8 @@ from exmodel.strategies.base import StreamInfo
 
 ALL = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 LLL = [p for p in ALL if p.stem.startswith("lll_")]  # `exmodel lll` configs: another schema
-CONFIGS = [p for p in ALL if p not in LLL]
+SKILL = [p for p in ALL if p.stem.startswith("skill_")]  # `exmodel skill` configs
+CONFIGS = [p for p in ALL if p not in LLL + SKILL]
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
@@ -33,6 +34,14 @@ def test_lll_config_is_valid(path):
 
     cfg = load_config(path, model=LLLConfig)
     assert cfg.benchmark.size == "full" and cfg.mappers == ["gmmc", "maha", "ours"]
+
+
+@pytest.mark.parametrize("path", SKILL, ids=[p.stem for p in SKILL])
+def test_skill_config_is_valid(path):
+    from exmodel.skill.config import SkillConfig
+
+    cfg = load_config(path, model=SkillConfig)
+    assert cfg.benchmark.size == "full" and len(cfg.tasks_of(13)) == cfg.agents
 
 
 def test_there_are_configs():

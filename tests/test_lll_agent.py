@@ -113,7 +113,7 @@ def test_sequential_run_records_every_step_and_resumes(tmp_path: Path) -> None:
     assert again["tasks_learned_now"] == 0 and again["feature_cache"]["hits"] == 26
     assert again["mappers"]["ours"]["acc"] == r["mappers"]["ours"]["acc"]
     other = cfg.model_copy(update={"gmmc_k": 4})
-    with pytest.raises(ConfigError, match="holds a run of a different config; pass another --out"):
+    with pytest.raises(ConfigError, match="holds a run of a different config; use another --out"):
         run_lll(other, tmp_path / "run", backbone=bb)
 
 

@@ -31,10 +31,11 @@ FEATURES = {
     "resnet18": 64,  # 8 * width
     "resnet20": 64, "resnet32": 64,
     "mobilenetv2": 1280,  # 1280 * max(1, 0.25)
-    "efficientnet_lite0": 1280,
+    "efficientnet_lite0": 1280, "efficientnet_lite0_top": 1280,
 }
 HAS_BN = {"lenet": False, "lenet_bn": True, "mlp": False, "resnet18": True, "resnet20": True,
-          "resnet32": True, "mobilenetv2": True, "efficientnet_lite0": True}
+          "resnet32": True, "mobilenetv2": True, "efficientnet_lite0": True,
+          "efficientnet_lite0_top": True}
 BATCH = 2
 
 
@@ -276,7 +277,7 @@ def test_mobilenetv2_width_mult_scales_channels() -> None:
 
 # ------------------------------------------------------------------------------------ registry
 def test_unknown_architecture_lists_available() -> None:
-    with pytest.raises(ConfigError, match="unknown architecture 'lenet6'; available: efficientnet_lite0, lenet, lenet_bn, mlp, "):
+    with pytest.raises(ConfigError, match="unknown architecture 'lenet6'; available: efficientnet_lite0, efficientnet_lite0_top, lenet, lenet_bn, mlp, "):
         build_model("lenet6")
     with pytest.raises(ConfigError, match="unknown architecture 'x'"):
         model_signature("x")

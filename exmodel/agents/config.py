@@ -7,8 +7,18 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from exmodel.agents.baselines import BaselinesConfig
 from exmodel.agents.lll import MAPPERS
 from exmodel.config import _Strict
+
+
+def check_mappers(v: list[str]) -> list[str]:
+    bad = [m for m in v if m not in MAPPERS]
+    if bad:
+        raise ValueError(f"unknown mapper {bad[0]!r}; available: {', '.join(MAPPERS)}")
+    if len(set(v)) != len(v):
+        raise ValueError("a mapper is listed twice")
+    return v
 
 
 class BenchmarkConfig(_Strict):
@@ -41,8 +51,10 @@ class BBConfig(_Strict):
     """Beneficial biases (Eq. 1-2), trained with the head through the frozen backbone."""
     enabled: bool = False
     epochs: int = Field(3, ge=1, le=1000)
-    lr: float = Field(1e-3, gt=0)  # Adam
+    lr: float = Field(1e-3, gt=0)  # Adam, the biases (and the head, unless head_lr is set)
     batch_size: int = Field(64, ge=1, le=4096)
+    head_lr: float | None = Field(None, ge=0)  # the head's own learning rate (0: kept as fitted)
+    refit_head: bool = False  # fit the head again (L-BFGS) on the features with the learned biases
 
 
 class LLLConfig(_Strict):
@@ -59,17 +71,20 @@ class LLLConfig(_Strict):
     confidence_grid: list[float] = Field(default_factory=lambda: [0.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0],
                                         min_length=1)
     validation_fraction: float = Field(0.2, gt=0, lt=1)
+    # SKILL Table 1's baselines (none by default): fine-tuning the top of the same backbone, task oracle
+    baselines: BaselinesConfig = BaselinesConfig()
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _baselines_need_lite0(self) -> "LLLConfig":
+        if self.baselines.runs and self.backbone.name != "efficientnet_lite0_imagenet":
+            raise ValueError("baselines fine-tune EfficientNet-Lite0: they need backbone.name efficientnet_lite0_imagenet")
+        return self
 
     @field_validator("mappers")
     @classmethod
     def _known(cls, v: list[str]) -> list[str]:
-        bad = [m for m in v if m not in MAPPERS]
-        if bad:
-            raise ValueError(f"unknown mapper {bad[0]!r}; available: {', '.join(MAPPERS)}")
-        if len(set(v)) != len(v):
-            raise ValueError("a mapper is listed twice")
-        return v
+        return check_mappers(v)
 
     @field_validator("confidence_grid")
     @classmethod

@@ -64,6 +64,11 @@ def fit_linear_head(features: torch.Tensor, labels: torch.Tensor, n_classes: int
     return w / std, b - (w * (mean / std)).sum(1)  # the same logits on raw features
 
 
+def anchors_for(mappers) -> tuple[str, ...]:
+    """The anchors a task must carry for these mappers (``ours`` reads MAHA's)."""
+    return tuple(a for a in ("gmmc", "maha") if a in mappers or (a == "maha" and "ours" in mappers))
+
+
 def maha_picks(labels: torch.Tensor, n_classes: int, m: int, seed: int) -> torch.Tensor:
     """Indices of the ``m`` images per class a task shares for MAHA (seeded, in class order)."""
     g = torch.Generator().manual_seed(seed)
@@ -100,22 +105,27 @@ def learn_task(name: str, data: ImageDataset, features: torch.Tensor, backbone: 
 @dataclass(frozen=True)
 class BiasParams:
     epochs: int = 3
-    lr: float = 1e-3  # Adam, biases and head together
+    lr: float = 1e-3  # Adam, the biases (and the head, unless head_lr is set)
     batch_size: int = 64
+    head_lr: float | None = None  # the head's own learning rate; None: lr; 0: the head stays as it is
+    refit_head: bool = False  # afterwards, fit the head again (L-BFGS, as the plain one) on the biased features
 
 
 def learn_biases(data: ImageDataset, backbone: Backbone, head: tuple[torch.Tensor, torch.Tensor],
-                 params: BiasParams = BiasParams(), seed: int = 0, progress=None
-                 ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+                 params: BiasParams = BiasParams(), seed: int = 0, progress=None,
+                 head_params: HeadParams = HeadParams()) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """Beneficial biases (Eq. 1-2) and a head trained together through the frozen backbone, the head
-    starting from ``head`` (the task's head on plain features): ``(biases, weight, bias)``."""
+    starting from ``head`` (the task's head on plain features): ``(biases, weight, bias)``. With
+    ``params.refit_head`` the head is then fitted again, with ``head_params``, on the biased features."""
     from exmodel.models.biases import BeneficialBiases
 
     g = torch.Generator().manual_seed(seed)
     biases = BeneficialBiases(backbone.model)
     w = torch.nn.Parameter(head[0].clone())
     b = torch.nn.Parameter(head[1].clone())
-    opt = torch.optim.Adam([*biases.parameters(), w, b], lr=params.lr)
+    head_lr = params.lr if params.head_lr is None else params.head_lr
+    groups = [{"params": list(biases.parameters())}] + ([{"params": [w, b], "lr": head_lr}] if head_lr > 0 else [])
+    opt = torch.optim.Adam(groups, lr=params.lr)
     steps = params.epochs * -(-len(data) // params.batch_size)
     bar = progress.add(f"{data.name}: beneficial biases", steps) if progress else None
     for _ in range(params.epochs):
@@ -132,6 +142,10 @@ def learn_biases(data: ImageDataset, backbone: Backbone, head: tuple[torch.Tenso
                 progress.advance(bar)
     if bar is not None:
         progress.remove(bar)
+    if params.refit_head:
+        with torch.no_grad(), biases.applied(backbone.model):
+            feats = backbone.features(data.images)
+        return biases.state(), *fit_linear_head(feats, data.labels, data.num_classes, head_params)
     return biases.state(), w.detach(), b.detach()
 
 

@@ -22,14 +22,15 @@ from pathlib import Path
 
 import torch
 
+from exmodel.agents.baselines import run_baselines
 from exmodel.agents.config import LLLConfig
 from exmodel.agents.features import Backbone, FeatureCache, bundle_backbone, lite0_backbone
 from exmodel.agents.knowledge import TaskKnowledge, load_task, save_task
-from exmodel.agents.lll import BiasParams, HeadParams, LLLAgent, biased_features, learn_biases, learn_task, maha_picks
-from exmodel.config import dump_yaml
+from exmodel.agents.lll import (BiasParams, HeadParams, LLLAgent, anchors_for, biased_features, learn_biases,
+                                learn_task, maha_picks)
+from exmodel.config import claim_run_folder
 from exmodel.data.types import ImageDataset
-from exmodel.errors import ConfigError
-from exmodel.fileio import atomic_write_json, atomic_write_text
+from exmodel.fileio import atomic_write_json
 from exmodel.progress import Progress
 
 SHARED = {"gmmc": ("head", "biases", "gmmc"), "maha": ("head", "biases", "maha"), "ours": ("head", "biases", "maha")}
@@ -60,10 +61,6 @@ def validation_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[
 
 def _params(cfg: LLLConfig) -> HeadParams:
     return HeadParams(cfg.head.weight_decay, cfg.head.iterations, cfg.gmmc_k, cfg.maha_m)
-
-
-def _anchors(cfg: LLLConfig) -> tuple[str, ...]:
-    return tuple(a for a in ("gmmc", "maha") if a in cfg.mappers or (a == "maha" and "ours" in cfg.mappers))
 
 
 def evaluate(agent: LLLAgent, mapper: str, tasks: list[TaskData], rows: list[torch.Tensor] | None = None,
@@ -131,7 +128,7 @@ def counted(fn, *args, **kwargs):
 def _learn(cfg: LLLConfig, t: TaskData, backbone: Backbone, per_image: int) -> TaskKnowledge:
     """The task's plain bundle, with what learning it cost in its ``info["macs"]``: the backbone's
     forward pass over its training images (counted on one), the head's L-BFGS and the GMM fit (formulas)."""
-    k = learn_task(t.name, t.train, t.f_train, backbone, _params(cfg), cfg.seed, _anchors(cfg))
+    k = learn_task(t.name, t.train, t.f_train, backbone, _params(cfg), cfg.seed, anchors_for(cfg.mappers))
     k.info["macs"] = {"features": per_image * len(t.train), "head": k.info["macs"]["head"],
                       "gmmc": k.gmmc.fit_macs if k.gmmc is not None else 0}
     return k
@@ -143,7 +140,8 @@ def _with_biases(cfg: LLLConfig, k: TaskKnowledge, t: TaskData, backbone: Backbo
     if path.is_file():
         return None
     (state, w, b), macs = counted(learn_biases, t.train, backbone, (k.head_weight, k.head_bias),
-                                  BiasParams(cfg.bb.epochs, cfg.bb.lr, cfg.bb.batch_size), cfg.seed, progress)
+                                  BiasParams(cfg.bb.epochs, cfg.bb.lr, cfg.bb.batch_size, cfg.bb.head_lr, cfg.bb.refit_head),
+                                  cfg.seed, progress, _params(cfg))
     kb = dataclasses.replace(k, head_weight=w, head_bias=b, biases=state,
                              info={**k.info, "bb_epochs": cfg.bb.epochs, "macs": {**k.info["macs"], "bb": macs}})
     save_task(kb, path)
@@ -174,16 +172,6 @@ def training_macs(task_macs: list[dict[str, int]], cfg: LLLConfig, d: int, class
     return out
 
 
-def _check_run_dir(out: Path, cfg: LLLConfig) -> None:
-    saved = out / "config.yaml"
-    text = dump_yaml(cfg.model_dump(mode="json"))
-    if saved.is_file():
-        if saved.read_text() != text:
-            raise ConfigError(f"{out}: holds a run of a different config; pass another --out")
-    else:
-        atomic_write_text(saved, text)
-
-
 def run_lll(cfg: LLLConfig, out: str | Path, data_dir: str | Path | None = None,
             cache_dir: str | Path | None = None, progress: Progress | None = None,
             backbone: Backbone | None = None) -> dict:
@@ -192,7 +180,7 @@ def run_lll(cfg: LLLConfig, out: str | Path, data_dir: str | Path | None = None,
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    _check_run_dir(out, cfg)
+    claim_run_folder(out, cfg)
     clock = {"start": time.perf_counter()}
     bench = build_skill_mini(data_dir, cfg.benchmark.size, cfg.benchmark.seed)
     atomic_write_json(out / "benchmark.json", manifest(bench, cfg.benchmark.size, cfg.benchmark.seed))
@@ -267,6 +255,9 @@ def run_lll(cfg: LLLConfig, out: str | Path, data_dir: str | Path | None = None,
             progress.advance(bar)
     if bar is not None:
         progress.remove(bar)
+    t0 = time.perf_counter()
+    baselines = run_baselines(cfg.baselines, bench, backbone, cache, out / "baselines", cfg.seed, progress)
+    clock["baselines"] = time.perf_counter() - t0
     clock["total"] = time.perf_counter() - clock.pop("start")
     results = {
         "name": cfg.name, "config": cfg.model_dump(mode="json"), "backbone": backbone.cache_id,
@@ -286,6 +277,7 @@ def run_lll(cfg: LLLConfig, out: str | Path, data_dir: str | Path | None = None,
                  "receiver_covariance": maha_receiver_macs([len(t.train.class_names) * cfg.maha_m for t in tasks],
                                                            backbone.num_features),
                  "variants": training_macs(task_macs, cfg, backbone.num_features, [len(t.train.class_names) for t in tasks])},
+        "baselines": baselines or None,
         "seconds": clock, "tasks_learned_now": learned,
         "feature_cache": {"hits": cache.hits, "misses": cache.misses},
     }

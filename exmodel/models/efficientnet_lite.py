@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from exmodel.errors import ConfigError
 from exmodel.models.base import ExModelNet, check_common
 from exmodel.models.registry import register_model
 
@@ -38,6 +39,9 @@ STAGES = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3)
           (6, 5, 2, 192, 4), (6, 3, 1, 320, 1))
 STEM_CHANNELS, HEAD_CHANNELS = 32, 1280
 BN_EPS, BN_MOMENTUM = 1e-3, 0.01  # TensorFlow's 0.99 decay
+# (in channels, out channels, expansion, kernel, stride) of each of the 16 blocks
+BLOCKS = tuple((STEM_CHANNELS if s == 0 and i == 0 else (STAGES[s - 1][3] if i == 0 else c), c, e, k, st if i == 0 else 1)
+               for s, (e, k, st, c, n) in enumerate(STAGES) for i in range(n))
 # the last block of each stage
 STAGE_ENDS = tuple(f"_blocks.{sum(n for *_, n in STAGES[:i + 1]) - 1}" for i in range(len(STAGES)))
 
@@ -82,31 +86,37 @@ class MBConv(nn.Module):
         return x + out if self.residual else out
 
 
-class EfficientNetLite(ExModelNet):
+class _LiteHead(ExModelNet):
+    """What the whole Lite0 and its top share: blocks in ``_blocks``, then the head conv and pool."""
+
+    def _add_head(self, num_classes: int, heads: list[int] | None) -> None:
+        """The 1x1 conv to 1280 channels, its BN, the pool and the classifier(s); then initialise."""
+        self._conv_head = Conv2dSame(BLOCKS[-1][1], HEAD_CHANNELS, 1, bias=False)
+        self._bn1 = _bn(HEAD_CHANNELS)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self._init_heads(HEAD_CHANNELS, num_classes, heads)
+        self._init_weights()
+
+    def _top(self, x: torch.Tensor) -> torch.Tensor:
+        """Every block of ``_blocks`` and the head conv, pooled: the feature vector."""
+        for block in self._blocks:
+            x = block(x)
+        x = F.relu6(self._bn1(self._conv_head(x)))
+        return torch.flatten(self.pool(x), 1)
+
+
+class EfficientNetLite(_LiteHead):
     _feature_layer_names = ("_bn0", *STAGE_ENDS, "_bn1")
 
     def __init__(self, num_classes: int, in_channels: int, input_size: int, heads: list[int] | None) -> None:
         super().__init__()
         self._conv_stem = Conv2dSame(in_channels, STEM_CHANNELS, 3, stride=2, bias=False)
         self._bn0 = _bn(STEM_CHANNELS)
-        blocks, in_ch = [], STEM_CHANNELS
-        for expansion, kernel, stride, out_ch, repeats in STAGES:
-            for i in range(repeats):
-                blocks.append(MBConv(in_ch, out_ch, expansion, kernel, stride if i == 0 else 1))
-                in_ch = out_ch
-        self._blocks = nn.ModuleList(blocks)
-        self._conv_head = Conv2dSame(in_ch, HEAD_CHANNELS, 1, bias=False)
-        self._bn1 = _bn(HEAD_CHANNELS)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self._init_heads(HEAD_CHANNELS, num_classes, heads)
-        self._init_weights()
+        self._blocks = nn.ModuleList(MBConv(*spec) for spec in BLOCKS)
+        self._add_head(num_classes, heads)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu6(self._bn0(self._conv_stem(x)))
-        for block in self._blocks:
-            x = block(x)
-        x = F.relu6(self._bn1(self._conv_head(x)))
-        return torch.flatten(self.pool(x), 1)
+        return self._top(F.relu6(self._bn0(self._conv_stem(x))))
 
 
 @register_model("efficientnet_lite0")
@@ -115,3 +125,60 @@ def efficientnet_lite0(num_classes: int = 1000, in_channels: int = 3, input_size
     """EfficientNet-Lite0; any input size (TensorFlow "same" padding), 1280 features."""
     check_common("efficientnet_lite0", num_classes, in_channels, input_size, heads)
     return EfficientNetLite(num_classes, in_channels, input_size, heads)
+
+
+class EfficientNetLiteTop(_LiteHead):
+    """Blocks ``first_block`` … 15 of Lite0 and its head: the part of the backbone that the SKILL
+    baselines fine-tune, on the cached output maps of the frozen blocks below (``in_channels`` is
+    the channel count those maps have: 112 before block 11, the start of stage 6). Block ``i`` of
+    Lite0 is ``_blocks.{i - first_block}`` here; :func:`exmodel.models.pretrained.lite0_top_state`
+    copies the ImageNet weights in."""
+
+    def __init__(self, num_classes: int, in_channels: int, input_size: int, heads: list[int] | None,
+                 first_block: int) -> None:
+        super().__init__()
+        if not 1 <= first_block < len(BLOCKS):
+            raise ConfigError(f"efficientnet_lite0_top: first_block must be in [1, {len(BLOCKS) - 1}], got {first_block}")
+        expected = BLOCKS[first_block][0]
+        if in_channels != expected:
+            raise ConfigError(f"efficientnet_lite0_top: block {first_block} takes {expected} channels, "
+                              f"in_channels is {in_channels}")
+        self.first_block = first_block
+        ends = [int(name.split(".")[1]) for name in STAGE_ENDS]
+        self._feature_layer_names = (*(f"_blocks.{i - first_block}" for i in ends if i >= first_block), "_bn1")
+        self._blocks = nn.ModuleList(MBConv(*spec) for spec in BLOCKS[first_block:])
+        self._add_head(num_classes, heads)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self._top(x)
+
+
+class EfficientNetLiteBottom(nn.Module):
+    """The stem and blocks 0 … ``first_block`` − 1 of a Lite0, frozen: ``forward_features`` gives their
+    output maps flattened, ``(B, C·H·W)``, so that :class:`exmodel.agents.features.FeatureCache`
+    keeps them like any feature vector. ``map_shape`` is ``(C, H, W)`` at input side ``side``."""
+
+    def __init__(self, full: EfficientNetLite, first_block: int, side: int) -> None:
+        super().__init__()
+        self._conv_stem, self._bn0 = full._conv_stem, full._bn0
+        self._blocks = nn.ModuleList(full._blocks[:first_block])
+        c, size = BLOCKS[first_block][0], side
+        for *_, stride in ((None, STEM_CHANNELS, 1, 3, 2),) + BLOCKS[:first_block]:
+            size = math.ceil(size / stride)
+        self.map_shape = (c, size, size)
+        self.num_features = c * size * size
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        for block in self._blocks:
+            x = block(x)
+        return torch.flatten(x, 1)
+
+
+@register_model("efficientnet_lite0_top")
+def efficientnet_lite0_top(num_classes: int = 1000, in_channels: int = 112, input_size: int = 4,
+                           heads: list[int] | None = None, first_block: int = 11) -> EfficientNetLiteTop:
+    """The top of Lite0 from block ``first_block`` (default 11: stages 6-7 and the head, 79 % of the
+    trunk's weights), on maps of ``in_channels`` × ``input_size``²; 1280 features."""
+    check_common("efficientnet_lite0_top", num_classes, in_channels, input_size, heads)
+    return EfficientNetLiteTop(num_classes, in_channels, input_size, heads, int(first_block))

@@ -75,3 +75,17 @@ def efficientnet_lite0_imagenet(path: str | os.PathLike | None = None) -> Effici
     model = efficientnet_lite0(num_classes=1000)
     load_state(path or lite0_weights_path(), model, rename={"_fc.": "head."})
     return model.eval()
+
+
+def lite0_top_state(full: EfficientNetLite, first_block: int) -> dict[str, torch.Tensor]:
+    """The ImageNet weights of blocks ``first_block`` … 15 and the head conv/BN of ``full``, under the
+    names of :class:`~exmodel.models.efficientnet_lite.EfficientNetLiteTop` (its classifier excluded)."""
+    out = {}
+    for key, value in full.state_dict().items():
+        if key.startswith("_blocks."):
+            index, rest = key[len("_blocks."):].split(".", 1)
+            if int(index) >= first_block:
+                out[f"_blocks.{int(index) - first_block}.{rest}"] = value.clone()
+        elif key.startswith(("_conv_head.", "_bn1.")):
+            out[key] = value.clone()
+    return out

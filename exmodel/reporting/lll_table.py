@@ -35,6 +35,7 @@ def macs_rows(results: Mapping[str, Any]) -> list[list[str]]:
     """SKILL Table 1: training MACs of each variant for all tasks, relative to the cheapest, and its
     final average accuracy without a task label."""
     variants = (results.get("macs") or {}).get("variants") or {}
+    baselines = (results.get("baselines") or {}).get("runs") or {}
     if not variants:
         return []
     cheapest = min(variants.values())
@@ -44,6 +45,9 @@ def macs_rows(results: Mapping[str, Any]) -> list[list[str]]:
         block = results["bb"]["mappers"][mapper] if bb else results["mappers"][mapper]
         rows.append([f"LLL, {'BB' if bb else 'no BB'}, {mapper}", f"{macs:.3g}", f"{macs / cheapest:.1f}x",
                      f"{block['average'][-1] * 100:.2f}"])
+    for name, r in baselines.items():
+        macs = r["macs"]["total"]
+        rows.append([f"{name} (task oracle)", f"{macs:.3g}", f"{macs / cheapest:.1f}x", f"{r['average'][-1] * 100:.2f}"])
     return rows
 
 

