@@ -50,7 +50,9 @@ def covariance_macs(samples: int, d: int) -> int:
 
 class SkillAgent:
     def __init__(self, agent_id: int, cfg: dict, workdir: str, data_dir: str | None = None,
-                 cache_dir: str | None = None) -> None:
+                 cache_dir: str | None = None, hold_after: int | None = None) -> None:
+        """``hold_after`` (chaos drills): after that many tasks, the agent stops in the middle of its next
+        one, announces it in ``workdir/agent-<id>/holding`` and waits there to be killed."""
         from exmodel.data.skill_mini import build_skill_mini
 
         self.cfg = SkillConfig.model_validate(cfg)
@@ -67,6 +69,7 @@ class SkillAgent:
         self._per_image: int | None = None
         self._agents: dict[str, LLLAgent] = {}
         self.current: str | None = None  # the task being learned (the live view shows it)
+        self.hold_after, self.learned = hold_after, 0
 
     # ------------------------------------------------------------------------------------ learning
     def per_image_macs(self) -> int:
@@ -85,6 +88,9 @@ class SkillAgent:
         self.current = task.name
         train = task.splits.train
         feats = self.cache.features(self.backbone, train)
+        if self.hold_after == self.learned:
+            atomic_write_bytes(self.inbox.parent / "holding", task.name.encode())
+            time.sleep(3600)
         anchors = anchors_for(self.cfg.mappers)
         params = HeadParams(self.cfg.head.weight_decay, self.cfg.head.iterations, self.cfg.gmmc_k, self.cfg.maha_m)
         k = learn_task(task.name, train, feats, self.backbone, params, self.cfg.seed, anchors)
@@ -93,7 +99,7 @@ class SkillAgent:
         self._add(k, self._shared_features(k))
         self.costs["teacher_macs"] += macs
         data = k.to_bytes(shared_parts(self.cfg.mappers))
-        self.current = None
+        self.current, self.learned = None, self.learned + 1
         return {"task": index, "name": task.name, "agent": self.id, "bundle": data, "bytes": len(data),
                 "macs": macs, "seconds": time.perf_counter() - t0}
 

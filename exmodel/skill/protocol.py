@@ -27,12 +27,12 @@ from exmodel.skill.backends import AgentLost, RayBackend, SerialBackend
 from exmodel.skill.config import SkillConfig
 
 
-def make_backend(cfg: SkillConfig, out: Path, data_dir, cache_dir):
+def make_backend(cfg: SkillConfig, out: Path, data_dir, cache_dir, kill: dict[int, int] | None = None):
     files = {k: Path(v).resolve() for k, v in (("weights", cfg.backbone.weights), ("bundle", cfg.backbone.bundle)) if v}
     shipped = cfg.model_copy(update={"backbone": cfg.backbone.model_copy(update=files)})  # agents may run elsewhere
     args = lambda i: (i, shipped.model_dump(mode="json"), str((out / "agents").resolve()),  # noqa: E731
                       None if data_dir is None else str(Path(data_dir).resolve()),
-                      None if cache_dir is None else str(Path(cache_dir).resolve()))
+                      None if cache_dir is None else str(Path(cache_dir).resolve()), (kill or {}).get(i))
     if cfg.backend == "ray":
         return RayBackend(cfg.agents, args, cpus_per_agent=cfg.cpus_per_agent, threads_per_agent=cfg.threads_per_agent,
                           address=cfg.address)
@@ -61,11 +61,11 @@ def run_skill(cfg: SkillConfig, out: str | Path, data_dir=None, cache_dir=None, 
             saved[index] = path.read_bytes()
     queues = [[t for t in q if t not in saved] for q in queues]
     clock = time.perf_counter()
-    backend = make_backend(cfg, out, data_dir, cache_dir)
+    kill = dict(kill or {})
+    backend = make_backend(cfg, out, data_dir, cache_dir, kill if cfg.backend == "ray" else None)
     for a in range(cfg.agents):  # every agent built (backbone, images): learning is timed from here
         backend.call(a, "status")
     startup, clock = time.perf_counter() - clock, time.perf_counter()
-    kill = dict(kill or {})
     if isinstance(backend, SerialBackend):
         backend.fail.update(kill)
     events, refusals, lost, receipts = [], [], [], []
@@ -80,7 +80,10 @@ def run_skill(cfg: SkillConfig, out: str | Path, data_dir=None, cache_dir=None, 
             if on_event:
                 on_event({"kind": "started", "agent": a, "task": task, "name": names[task]})
             if isinstance(backend, RayBackend) and kill.get(a) == finished[a]:
-                time.sleep(0.5)  # let it get into the task, then kill it
+                holding = out / "agents" / f"agent-{a}" / "holding"
+                deadline = time.perf_counter() + 600
+                while not holding.exists() and time.perf_counter() < deadline:  # in the middle of the task
+                    time.sleep(0.05)
                 backend.kill(a)
 
     def broadcast(data: bytes, sender, skip: int | None = None) -> None:
