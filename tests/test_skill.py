@@ -189,3 +189,12 @@ def test_cli_refuses_bad_options_in_one_line(args, message, capsys, tmp_path: Pa
     err = capsys.readouterr().err.strip()
     assert err.startswith(message) and "\n" not in err
     assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_the_full_benchmark_without_its_data_writes_nothing(capsys, tmp_path: Path, monkeypatch) -> None:
+    from exmodel.cli import main
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "skill_mini.yaml"
+    assert main(["skill", str(config), "--out", str(tmp_path / "run")]) == 2
+    assert "the full benchmark needs --data-dir" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -178,11 +178,11 @@ def run_lll(cfg: LLLConfig, out: str | Path, data_dir: str | Path | None = None,
     """Learn every task of the benchmark in order, evaluate after each, write ``RUN/results.json``."""
     from exmodel.data.skill_mini import build_skill_mini, manifest
 
+    clock = {"start": time.perf_counter()}
+    bench = build_skill_mini(data_dir, cfg.benchmark.size, cfg.benchmark.seed)  # bad data: nothing written yet
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     claim_run_folder(out, cfg)
-    clock = {"start": time.perf_counter()}
-    bench = build_skill_mini(data_dir, cfg.benchmark.size, cfg.benchmark.seed)
     atomic_write_json(out / "benchmark.json", manifest(bench, cfg.benchmark.size, cfg.benchmark.seed))
     if backbone is None:
         backbone = bundle_backbone(cfg.backbone.bundle) if cfg.backbone.name == "bundle" \

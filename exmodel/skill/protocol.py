@@ -27,6 +27,11 @@ from exmodel.skill.backends import AgentLost, RayBackend, SerialBackend
 from exmodel.skill.config import SkillConfig
 
 
+def bundle_file(index: int, name: str) -> str:
+    """Where task ``index`` (``name``)'s shared bundle is kept in ``RUN/bundles/``."""
+    return f"{index + 1:02d}_{name}.safetensors"
+
+
 def make_backend(cfg: SkillConfig, out: Path, data_dir, cache_dir, kill: dict[int, int] | None = None):
     files = {k: Path(v).resolve() for k, v in (("weights", cfg.backbone.weights), ("bundle", cfg.backbone.bundle)) if v}
     shipped = cfg.model_copy(update={"backbone": cfg.backbone.model_copy(update=files)})  # agents may run elsewhere
@@ -47,18 +52,15 @@ def run_skill(cfg: SkillConfig, out: str | Path, data_dir=None, cache_dir=None, 
     killed in the middle of its next one."""
     from exmodel.data.skill_mini import build_skill_mini
 
+    bench = build_skill_mini(data_dir, cfg.benchmark.size, cfg.benchmark.seed)  # bad data: nothing written yet
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     claim_run_folder(out, cfg)
-    bench = build_skill_mini(data_dir, cfg.benchmark.size, cfg.benchmark.seed)
     names = [t.name for t in bench]
     sizes = [len(t.splits.train) for t in bench]
     queues = cfg.tasks_of(len(bench), sizes)
-    saved = {}
-    for path in sorted((out / "bundles").glob("*.safetensors")):
-        index = names.index(path.stem.split("_", 1)[1]) if path.stem.split("_", 1)[-1] in names else None
-        if index is not None:
-            saved[index] = path.read_bytes()
+    files = {bundle_file(i, n): i for i, n in enumerate(names)}
+    saved = {files[p.name]: p.read_bytes() for p in (out / "bundles").glob("*.safetensors") if p.name in files}
     queues = [[t for t in q if t not in saved] for q in queues]
     clock = time.perf_counter()
     kill = dict(kill or {})
@@ -119,7 +121,7 @@ def run_skill(cfg: SkillConfig, out: str | Path, data_dir=None, cache_dir=None, 
                     on_event(event)
                 continue
             finished[a] += 1
-            atomic_write_bytes(out / "bundles" / f"{task + 1:02d}_{names[task]}.safetensors", r["bundle"])
+            atomic_write_bytes(out / "bundles" / bundle_file(task, names[task]), r["bundle"])
             event = {"kind": "learned", "agent": a, "task": task, "name": names[task], "start": began,
                      "end": time.perf_counter() - clock, "seconds": r["seconds"], "bytes": r["bytes"], "macs": r["macs"]}
             events.append(event)
