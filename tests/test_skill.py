@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from pydantic import ValidationError
 
 from exmodel.agents.knowledge import TaskKnowledge

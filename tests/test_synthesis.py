@@ -325,7 +325,7 @@ def test_generator_draws_valid_images_of_any_size():
 
 
 def test_generative_inversion_reaches_the_targets(expert):
-    src = build_source("generative", {"steps": 150, "batch_size": 64, "relabel": False, "w_bn": 0.1})
+    src = build_source("generative", {"steps": 60, "batch_size": 64, "relabel": False, "w_bn": 0.1})  # 0.97 at 50
     x, y = src.generate(expert, 64, gen(1))
     assert sorted(Counter(y.tolist()).values()) == [32, 32]
     # classified as its target among all 10 output units (an untrained generator: about half)
@@ -383,7 +383,7 @@ class BrightIsFive(torch.nn.Module):
 
 
 def test_a_guide_steers_the_generator_away_from_old_classes(expert):
-    params = {"steps": 60, "batch_size": 32, "relabel": False, "w_bn": 0.0}
+    params = {"steps": 20, "batch_size": 32, "relabel": False, "w_bn": 0.0}  # 0.67 darker at 20 steps
     guide = Guide(BrightIsFive(), torch.arange(10) == 5, (1, 28, 28))
     plain, _ = build_source("generative", params).generate(expert, 64, torch.Generator().manual_seed(0))
     off, _ = build_source("generative", params).generate(expert, 64, torch.Generator().manual_seed(0), guide=guide)

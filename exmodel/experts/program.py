@@ -21,6 +21,7 @@ penultimate features) when the program ends in one, else the logits.
 
 from __future__ import annotations
 
+import functools
 import operator
 import re
 from collections.abc import Callable, Mapping
@@ -47,17 +48,17 @@ _BATCH_NORM = {"batch_norm.default": "plain", "_native_batch_norm_legit_no_train
 _HEADS = {"linear.default": 0, "addmm.default": 1}  # final op -> index of its features argument
 
 
-def _serde_maps() -> tuple[dict[int, torch.dtype], dict[int, Any], dict[int, Any]]:
-    from torch._export.serde import serialize as serde  # the integer codes of the export schema
+@functools.cache
+def serde_maps() -> tuple[dict[int, torch.dtype], dict[int, Any], dict[int, Any]]:
+    """The export schema's integer codes of dtypes, layouts and memory formats. Read on first use:
+    importing ``torch._export.serde`` costs 2.4 s, which no command that meets no program should pay."""
+    from torch._export.serde import serialize as serde
 
     def rev(m: dict) -> dict[int, Any]:
         return {int(v): k for k, v in m.items()}
 
     return rev(serde._TORCH_TO_SERIALIZE_DTYPE), rev(serde._TORCH_TO_SERIALIZE_LAYOUT), \
         rev(serde._TORCH_TO_SERIALIZE_MEMORY_FORMAT)
-
-
-DTYPES, LAYOUTS, MEMORY_FORMATS = _serde_maps()
 
 
 class GraphBatchNorm(_BatchNorm):
@@ -122,11 +123,11 @@ def _decode(arg: Any, where: str) -> Any:
     if kind in ("as_sym_ints", "as_sym_floats", "as_sym_bools"):
         return [_decode({kind[:-1]: x}, where) for x in _list(v, where)]
     if kind == "as_scalar_type":
-        return _code(DTYPES, v, "dtype", where)
+        return _code(serde_maps()[0], v, "dtype", where)
     if kind == "as_layout":
-        return _code(LAYOUTS, v, "layout", where)
+        return _code(serde_maps()[1], v, "layout", where)
     if kind == "as_memory_format":
-        return _code(MEMORY_FORMATS, v, "memory format", where)
+        return _code(serde_maps()[2], v, "memory format", where)
     if kind == "as_device":
         return DEVICE
     raise BundleError(f"{where}: arguments of kind '{kind}' are not supported (exmodel runs plain ATen graphs)")

@@ -24,7 +24,7 @@ from typing import IO, Any
 import torch
 
 from exmodel.errors import BundleError
-from exmodel.experts.program import DTYPES
+from exmodel.experts.program import serde_maps
 
 MAX_ARCHIVE_BYTES = 2 << 30  # uncompressed total
 MAX_JSON_BYTES = 256 << 20
@@ -78,7 +78,7 @@ def _scan_member(raw: bytes, where: str, depth: int = 0) -> None:
 
 def _tensor(raw: bytes, meta: dict, where: str) -> torch.Tensor:
     try:
-        dtype = DTYPES[int(meta["dtype"])]
+        dtype = serde_maps()[0][int(meta["dtype"])]
         sizes = [int(s["as_int"]) for s in meta["sizes"]]
         strides = [int(s["as_int"]) for s in meta["strides"]]
         offset = int(meta["storage_offset"]["as_int"])
