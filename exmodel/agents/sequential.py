@@ -46,6 +46,33 @@ class TaskData:
     f_test: torch.Tensor
 
 
+def task_data(bench, backbone: Backbone, cache: FeatureCache, progress: Progress | None = None) -> list[TaskData]:
+    """The backbone's features of every task of ``bench`` (SkillTasks), read from or written to ``cache``."""
+    tasks = []
+    bar = progress.add("features: task", len(bench)) if progress else None
+    for b in bench:
+        tasks.append(TaskData(b.name, b.source, b.splits.train, b.splits.test,
+                              cache.features(backbone, b.splits.train, progress),
+                              cache.features(backbone, b.splits.test, progress)))
+        if bar is not None:
+            progress.advance(bar)
+    if bar is not None:
+        progress.remove(bar)
+    return tasks
+
+
+def agent_from_run(cfg: LLLConfig, out: str | Path, tasks: list[TaskData], backbone: Backbone, mapper: str,
+                   confidence: float = 0.0) -> LLLAgent:
+    """An agent holding every task a finished run saved under ``out/tasks`` (validated on load)."""
+    agent = LLLAgent(backbone, mapper, confidence)
+    for i, t in enumerate(tasks):
+        k = load_task(Path(out) / "tasks" / f"{i + 1:02d}_{t.name}.safetensors", backbone.cache_id)
+        shared = t.f_train[maha_picks(t.train.labels, t.train.num_classes, cfg.maha_m, cfg.seed)] \
+            if k.maha_images is not None else None
+        agent.receive(k, shared)
+    return agent
+
+
 def validation_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(fit rows, held-out rows): ``fraction`` of each class held out (at least one when it has two)."""
     g = torch.Generator().manual_seed(seed)
@@ -188,17 +215,8 @@ def run_lll(cfg: LLLConfig, out: str | Path, data_dir: str | Path | None = None,
         backbone = bundle_backbone(cfg.backbone.bundle) if cfg.backbone.name == "bundle" \
             else lite0_backbone(cfg.backbone.side, cfg.backbone.weights)
     cache = FeatureCache(Path(cache_dir) / "features" if cache_dir else None)
-    tasks = []
     t0 = time.perf_counter()
-    bar = progress.add("features: task", len(bench)) if progress else None
-    for b in bench:
-        tasks.append(TaskData(b.name, b.source, b.splits.train, b.splits.test,
-                              cache.features(backbone, b.splits.train, progress),
-                              cache.features(backbone, b.splits.test, progress)))
-        if bar is not None:
-            progress.advance(bar)
-    if bar is not None:
-        progress.remove(bar)
+    tasks = task_data(bench, backbone, cache, progress)
     clock["features"] = time.perf_counter() - t0
 
     confidence, validation = (cfg.confidence, {}) if cfg.confidence != "auto" else (None, None)
