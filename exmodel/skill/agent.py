@@ -187,7 +187,37 @@ class SkillAgent:
                 h.update(torch.stack([task, cls]).numpy().tobytes())
             out["mappers"][m] = {"acc": acc, "mapper_acc": mapped, "average": sum(acc) / len(acc),
                                  "digest": h.hexdigest()}
+            if self.cfg.corrective_thresholds:
+                out["mappers"][m]["corrective"] = self._corrective(agent, tests)
         return out
+
+    def _corrective(self, agent: LLLAgent, tests: list) -> dict[str, float]:
+        """SKILL Sec. 7.1: the average accuracy when an answer also counts as right if its class name is
+        at least each threshold similar to the true one (a task this agent does not hold: never right)."""
+        from exmodel.names.minilm import TextEncoder
+        from exmodel.names.reuse import corrective_correct
+
+        if getattr(self, "_names", None) is None:
+            self._names = TextEncoder.load()
+        bank = [k.task for k in agent.bank]
+        names = [c for k in agent.bank for c in k.class_names]
+        e = self._names.encode(names)
+        similarity = e @ e.T
+        offsets = [0]
+        for k in agent.bank:
+            offsets.append(offsets[-1] + len(k.class_names))
+        per_task = {str(t): [] for t in self.cfg.corrective_thresholds}
+        for name, test, f in tests:
+            task, cls = agent.predict(f)
+            if name not in bank:
+                for v in per_task.values():
+                    v.append(0.0)
+                continue
+            pred = torch.tensor(offsets)[task] + cls
+            true = offsets[bank.index(name)] + test.labels
+            for t, v in per_task.items():
+                v.append(float(corrective_correct(pred, true, similarity, float(t)).float().mean()))
+        return {t: sum(v) / len(v) for t, v in per_task.items()}
 
     def status(self) -> dict:
         return {"agent": self.id, "learning": self.current, "bank": self.tasks(), "refused": len(self.refusals),

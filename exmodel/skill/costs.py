@@ -57,3 +57,18 @@ def table2_markdown(costs: Mapping[str, Any]) -> str:
               f"{costs['paper_efficiency'] or 0:.3f} N); bytes per task {costs['bytes_per_task']['mean'] / 1e3:.1f} kB "
               f"(paper: 813 kB GMMC, 1.74 MB MAHA)"]
     return "\n".join(lines) + "\n"
+
+
+def corrective_markdown(accuracy: Mapping[str, Any]) -> str:
+    """SKILL Sec. 7.1: each mapper's average accuracy, strict and counting similar class names as right."""
+    rows = {m: r for m, r in accuracy.items() if r.get("corrective")}
+    if not rows:
+        return ""
+    thresholds = list(next(iter(rows.values()))["corrective"])
+    lines = ["", "## Similar class names count as right (SKILL Sec. 7.1)", "",
+             "| mapper | strict | " + " | ".join(f"name similarity ≥ {t}" for t in thresholds) + " |",
+             "|---|---:|" + "---:|" * len(thresholds)]
+    for m, r in rows.items():
+        lines.append(f"| {m} | {100 * r['average']:.2f} | "
+                     + " | ".join(f"{100 * r['corrective'][t]:.2f}" for t in thresholds) + " |")
+    return "\n".join(lines) + "\n"

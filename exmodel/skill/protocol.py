@@ -53,6 +53,10 @@ def run_skill(cfg: SkillConfig, out: str | Path, data_dir=None, cache_dir=None, 
     from exmodel.data.skill_mini import build_skill_mini
 
     bench = build_skill_mini(data_dir, cfg.benchmark.size, cfg.benchmark.seed)  # bad data: nothing written yet
+    if cfg.corrective_thresholds:
+        from exmodel.names.minilm import model_dir
+
+        model_dir()  # the text model is there (else one line, nothing written)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     claim_run_folder(out, cfg)
@@ -163,8 +167,8 @@ def summarize(cfg: SkillConfig, names, events, evaluations, statuses, refusals, 
         "tasks": names, "assignment": assignment,
         "events": events, "refusals": refusals, "lost_tasks": [names[t] for t in lost],
         "identical": {m: len(d) == 1 for m, d in digests.items()},
-        "accuracy": {m: {"acc": first["mappers"][m]["acc"], "mapper_acc": first["mappers"][m]["mapper_acc"],
-                         "average": first["mappers"][m]["average"]} for m in cfg.mappers} if first else {},
+        "accuracy": {m: {k: first["mappers"][m][k] for k in ("acc", "mapper_acc", "average", "corrective")
+                         if k in first["mappers"][m]} for m in cfg.mappers} if first else {},
         "per_agent": {str(a): {"bank": e["bank"], "average": {m: e["mappers"][m]["average"] for m in cfg.mappers},
                                **{k: v for k, v in statuses[a].items() if k not in ("agent", "bank", "learning")}}
                       for a, e in evaluations.items()},
