@@ -390,3 +390,24 @@ def test_layer_swap_normalizes_each_sample_by_hand() -> None:
     x = torch.tensor([[[[1.0, 3.0]], [[5.0, 7.0]]]])  # one sample, 2 channels, 1 × 2 positions
     want = (x - 4.0) / (5.0 + 1e-5) ** 0.5  # mean 4 and variance 5 over all of the sample's values
     assert torch.allclose(seq(x), want, atol=1e-5)
+
+
+def test_lenet_pooling_without_gradients_is_max_pool2d_exactly() -> None:
+    from exmodel.models.lenet import MaxPool2
+
+    pool = MaxPool2()
+    x = torch.relu(torch.randn(3, 4, 10, 12, generator=torch.Generator().manual_seed(0)))
+    with torch.no_grad():
+        assert torch.equal(pool(x), torch.nn.functional.max_pool2d(x, 2))
+        odd = x[..., :9, :11]  # odd sides: the last row and column are dropped, as max_pool2d does
+        assert torch.equal(pool(odd), torch.nn.functional.max_pool2d(odd, 2)) and pool(odd).shape[-2:] == (4, 5)
+    xg = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(pool(xg).pow(2).sum(), xg)
+    xr = x.clone().requires_grad_(True)
+    (ref,) = torch.autograd.grad(torch.nn.functional.max_pool2d(xr, 2).pow(2).sum(), xr)
+    assert torch.equal(g, ref)
+    net = build_model("lenet_bn", num_classes=3, in_channels=1, input_size=28).eval()
+    images = torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        fast = net(images)
+    assert torch.equal(fast, net(images.requires_grad_(True)).detach())  # both paths, the same logits

@@ -24,6 +24,22 @@ KERNEL = 5  # both convolutions are 5x5, unpadded except the MNIST padding below
 HIDDEN = (120, 84)  # the two hidden fully connected layers of LeNet-5
 
 
+class MaxPool2(nn.MaxPool2d):
+    """2x2 max pooling with stride 2. Without gradients (teachers, evaluation, synthesis targets seen
+    through no-grad passes) it is two elementwise maxima — the same values, ~10x faster than
+    ``max_pool2d`` on CPU (2.2 vs 0.2 ms for 128 x 6 x 28 x 28); with gradients ``max_pool2d``, whose
+    backward is the faster one. Odd sides go to ``max_pool2d`` as well (it drops the last row/column)."""
+
+    def __init__(self) -> None:
+        super().__init__(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (torch.is_grad_enabled() and x.requires_grad) or x.shape[-1] % 2 or x.shape[-2] % 2:
+            return super().forward(x)
+        rows = torch.maximum(x[..., 0::2, :], x[..., 1::2, :])
+        return torch.maximum(rows[..., 0::2], rows[..., 1::2])
+
+
 class LeNet(ExModelNet):
     _feature_layer_names = ("block1", "block2", "fc1", "fc2")
 
@@ -37,10 +53,10 @@ class LeNet(ExModelNet):
             raise ConfigError(f"lenet: 'input_size' {input_size} is too small; need at least 12")
         self.block1 = nn.Sequential(
             nn.Conv2d(in_channels, 6, KERNEL, padding=padding), norm2d(6, batchnorm), nn.ReLU(),
-            nn.MaxPool2d(2),
+            MaxPool2(),
         )
         self.block2 = nn.Sequential(
-            nn.Conv2d(6, 16, KERNEL), norm2d(16, batchnorm), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, KERNEL), norm2d(16, batchnorm), nn.ReLU(), MaxPool2(),
         )
         self.flatten = nn.Flatten()
         self.fc1 = nn.Sequential(nn.Linear(16 * side * side, HIDDEN[0]), norm1d(HIDDEN[0], batchnorm), nn.ReLU())

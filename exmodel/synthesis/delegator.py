@@ -40,6 +40,7 @@ from exmodel.synthesis.delegator_losses import (bn_norm_loss, class_balance_loss
                                                 pseudo_label_cross_entropy)
 from exmodel.synthesis.inversion import features_and_logits
 from exmodel.synthesis.priors import BNStatsRecorder
+from exmodel.synthesis.upsample import upsample2
 
 
 class DelegatorGenerator(nn.Module):
@@ -60,8 +61,8 @@ class DelegatorGenerator(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         x = self.bn0(self.fc(z).view(len(z), 2 * self.width, self.h0, self.w0))
-        x = self.block1(F.interpolate(x, scale_factor=2))
-        x = self.block2(F.interpolate(x, scale_factor=2))
+        x = self.block1(upsample2(x))
+        x = self.block2(upsample2(x))
         if x.shape[-2:] != self.shape[1:]:
             x = F.interpolate(x, size=self.shape[1:], mode="bilinear", align_corners=False)
         return self.helper_bn(x)

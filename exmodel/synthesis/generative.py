@@ -52,6 +52,7 @@ from exmodel.synthesis.guide import Guide, guided_cross_entropy
 from exmodel.synthesis.inversion import features_and_logits, local_index
 from exmodel.synthesis.objective import PriorParams, prior_terms
 from exmodel.synthesis.priors import BNStatsRecorder, activation_loss, input_moments_loss
+from exmodel.synthesis.upsample import Upsample2
 
 
 class ConditionalGenerator(nn.Module):
@@ -70,9 +71,9 @@ class ConditionalGenerator(nn.Module):
         units = 2 * width * self.h0 * self.w0
         self.fc = nn.Sequential(nn.Linear(z_dim, units), nn.BatchNorm1d(units))
         self.body = nn.Sequential(
-            nn.Upsample(scale_factor=2), nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width),
+            Upsample2(), nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width),
             nn.LeakyReLU(0.2),
-            nn.Upsample(scale_factor=2), nn.Conv2d(2 * width, width, 3, padding=1), nn.BatchNorm2d(width),
+            Upsample2(), nn.Conv2d(2 * width, width, 3, padding=1), nn.BatchNorm2d(width),
             nn.LeakyReLU(0.2),
             nn.Conv2d(width, c, 3, padding=1),
         )
