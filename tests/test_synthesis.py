@@ -407,3 +407,17 @@ def test_prior_terms_adds_each_weighted_prior_by_hand():
     torch.testing.assert_close(got, want)
     only_tv = prior_terms(PriorParams(w_tv=1.0), x01=x01, tv_input=tv_in, features=feats, labels=labels, bn=None)
     assert only_tv.item() == pytest.approx(2 * total_variation(x01).item(), rel=1e-5)  # TV of tv_input, not x01
+
+
+def test_upsample2_is_nearest_interpolation_with_and_without_gradients():
+    from exmodel.synthesis.upsample import Upsample2, upsample2
+
+    x = torch.randn(2, 3, 4, 5, generator=gen(0), requires_grad=True)
+    y = torch.randn(2, 3, 8, 10, generator=gen(1))
+    ref = F.interpolate(x, scale_factor=2)
+    with torch.no_grad():  # the broadcast view: the same values
+        assert torch.equal(upsample2(x), ref) and torch.equal(Upsample2()(x), ref)
+        assert upsample2(x).is_contiguous()
+    (g,) = torch.autograd.grad((Upsample2()(x) * y).sum(), x)  # with gradients: F.interpolate itself
+    (g_ref,) = torch.autograd.grad((ref * y).sum(), x)
+    assert torch.equal(g, g_ref)

@@ -1,18 +1,24 @@
-"""Nearest-neighbour ×2 upsampling for the generators, faster on CPU than ``F.interpolate``.
+"""Nearest-neighbour ×2 upsampling for the generators, faster on CPU than ``F.interpolate`` when no
+gradient is needed.
 
 ``F.interpolate(x, scale_factor=2)`` (mode "nearest") copies each pixel into a 2 x 2 block; the same
-values come from a broadcast view copied once, which is about twice as fast on CPU, forward and
-backward (64 x 32 x 14 x 14: 8.6 vs 4.0 ms forward, 11.4 vs 6.1 ms with the backward).
+values come from a broadcast view copied once, about twice as fast on CPU (64 x 32 x 14 x 14: 8.6 vs
+4.0 ms). Inside a whole generator's training step the view's backward was slower (a DFAD generator's
+step: 71 vs 60 ms), so with gradients ``F.interpolate`` runs, as before; sampling a trained
+generator (no gradients) takes the view (32 vs 20 ms for 64 images).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
 def upsample2(x: torch.Tensor) -> torch.Tensor:
     """``(N, C, H, W) -> (N, C, 2H, 2W)``, each pixel repeated in a 2 x 2 block."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return F.interpolate(x, scale_factor=2)
     n, c, h, w = x.shape
     return x[:, :, :, None, :, None].expand(n, c, h, 2, w, 2).reshape(n, c, 2 * h, 2 * w)
 
