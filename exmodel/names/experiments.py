@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from exmodel.names.reuse import (HeadTraining, accuracy, concatenated, corrective_correct, matched_init,
-                                 name_matches, random_head, train_head)
+from exmodel.names.reuse import (HeadTraining, accuracy, concatenated, corrective_per_task, matched_init,
+                                 name_matches, name_space, random_head, train_head)
 
 
 def base_heads(tasks: Sequence, params: HeadTraining) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -108,23 +108,17 @@ def corrective(agent, mapper: str, tasks: Sequence, embed: Callable[[list[str]],
                thresholds: Sequence[float]) -> dict:
     """Sec. 7.1 for an agent that holds ``tasks`` in its bank (in this order): average accuracy without a
     task label, strictly and with name similarity at each threshold, and how many test images change."""
-    names = [c for t in tasks for c in t.train.class_names]
     qualified = [f"{t.name}/{c}" for t in tasks for c in t.train.class_names]
-    e = embed(names)
-    similarity = e @ e.T
-    offsets = torch.tensor([0, *itertools.accumulate(len(t.train.class_names) for t in tasks)][:-1])
+    offsets, similarity = name_space([t.train.class_names for t in tasks], embed)
     task, cls = agent.predict(torch.cat([t.f_test for t in tasks]), mapper)
     pred = offsets[task] + cls
     true = torch.cat([offsets[j] + t.test.labels for j, t in enumerate(tasks)])
     sizes = [len(t.test.labels) for t in tasks]
 
-    def per_task(right: torch.Tensor) -> list[float]:
-        return [float(r.float().mean()) for r in right.split(sizes)]
-
-    strict = per_task(pred == true)
+    strict = [float(r.float().mean()) for r in (pred == true).split(sizes)]
     out = {"mapper": mapper, "strict": {"per_task": strict, "average": sum(strict) / len(strict)}, "thresholds": {}}
     for thr in thresholds:
-        acc = per_task(corrective_correct(pred, true, similarity, thr))
+        acc = corrective_per_task(pred, true, sizes, similarity, thr)
         pairs = sorted({(qualified[p], qualified[q]) for p, q in zip(pred.tolist(), true.tolist())
                         if p != q and similarity[p, q] >= thr})
         out["thresholds"][str(thr)] = {"per_task": acc, "average": sum(acc) / len(acc),

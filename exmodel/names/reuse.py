@@ -118,3 +118,20 @@ def corrective_correct(pred_name: torch.Tensor, true_name: torch.Tensor, similar
     similar to itself, so every strictly right answer stays right."""
     same = pred_name == true_name
     return same | (similarity[pred_name, true_name] >= threshold)
+
+
+def name_space(class_names: list[list[str]] | list[tuple[str, ...]], embed) -> tuple[torch.Tensor, torch.Tensor]:
+    """For tasks' class names (one list per task, in bank order): each task's offset into the flat list of
+    classes, and the cosine similarity of every pair of class names (``embed`` gives unit rows)."""
+    flat = [c for names in class_names for c in names]
+    e = embed(flat)
+    sizes = torch.tensor([0, *(len(names) for names in class_names)])
+    return sizes.cumsum(0)[:-1], e @ e.T
+
+
+def corrective_per_task(pred: torch.Tensor, true: torch.Tensor, sizes: list[int], similarity: torch.Tensor,
+                        threshold: float) -> list[float]:
+    """Per test set (``sizes`` images each, in order): the share right by :func:`corrective_correct`.
+    ``true`` < 0 marks an image whose task is not held: never right."""
+    right = corrective_correct(pred, true.clamp_min(0), similarity, threshold) & (true >= 0)
+    return [float(r.float().mean()) for r in right.split(sizes)]

@@ -66,6 +66,7 @@ class SkillAgent:
         self.bank: dict[str, tuple[TaskKnowledge, torch.Tensor | None]] = {}  # task -> (bundle, MAHA features)
         self.refusals: list[str] = []
         self.costs = {"teacher_macs": 0, "student_macs": 0, "bytes_received": 0, "bundles_received": 0}
+        self._names = None  # the text model, loaded when an evaluation scores by class names
         self._per_image: int | None = None
         self._agents: dict[str, LLLAgent] = {}
         self.current: str | None = None  # the task being learned (the live view shows it)
@@ -195,29 +196,22 @@ class SkillAgent:
         """SKILL Sec. 7.1: the average accuracy when an answer also counts as right if its class name is
         at least each threshold similar to the true one (a task this agent does not hold: never right)."""
         from exmodel.names.minilm import TextEncoder
-        from exmodel.names.reuse import corrective_correct
+        from exmodel.names.reuse import corrective_per_task, name_space
 
-        if getattr(self, "_names", None) is None:
+        if self._names is None:
             self._names = TextEncoder.load()
         bank = [k.task for k in agent.bank]
-        names = [c for k in agent.bank for c in k.class_names]
-        e = self._names.encode(names)
-        similarity = e @ e.T
-        offsets = [0]
-        for k in agent.bank:
-            offsets.append(offsets[-1] + len(k.class_names))
-        per_task = {str(t): [] for t in self.cfg.corrective_thresholds}
-        for name, test, f in tests:
-            task, cls = agent.predict(f)
-            if name not in bank:
-                for v in per_task.values():
-                    v.append(0.0)
-                continue
-            pred = torch.tensor(offsets)[task] + cls
-            true = offsets[bank.index(name)] + test.labels
-            for t, v in per_task.items():
-                v.append(float(corrective_correct(pred, true, similarity, float(t)).float().mean()))
-        return {t: sum(v) / len(v) for t, v in per_task.items()}
+        offsets, similarity = name_space([k.class_names for k in agent.bank], self._names.encode)
+        task, cls = agent.predict(torch.cat([f for _, _, f in tests]))
+        pred = offsets[task] + cls
+        true = torch.cat([offsets[bank.index(name)] + test.labels if name in bank else torch.full_like(test.labels, -1)
+                          for name, test, _ in tests])
+        sizes = [len(test.labels) for _, test, _ in tests]
+        out = {}
+        for t in self.cfg.corrective_thresholds:
+            acc = corrective_per_task(pred, true, sizes, similarity, t)
+            out[str(t)] = sum(acc) / len(acc)
+        return out
 
     def status(self) -> dict:
         return {"agent": self.id, "learning": self.current, "bank": self.tasks(), "refused": len(self.refusals),
