@@ -58,7 +58,7 @@ def lll_task(bundle: Path = typer.Argument(..., help="A task bundle (.safetensor
     if k.gmmc is not None:
         parts.append(f"GMMC {len(k.gmmc.weights)} clusters")
     if k.maha_means is not None:
-        parts.append(f"MAHA means + {len(k.maha_images)} images")
+        parts.append(f"MAHA means + {len(k.maha_labels)} " + ("images" if k.maha_images is not None else "features"))
     if k.biases:
         parts.append(f"beneficial biases on {len(k.biases)} layers")
     out_console.print(printable(", ".join(parts)))

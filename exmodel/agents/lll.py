@@ -80,9 +80,11 @@ def maha_picks(labels: torch.Tensor, n_classes: int, m: int, seed: int) -> torch
 
 
 def learn_task(name: str, data: ImageDataset, features: torch.Tensor, backbone: Backbone,
-               params: HeadParams = HeadParams(), seed: int = 0, anchors: tuple[str, ...] = ("gmmc", "maha")
-               ) -> TaskKnowledge:
-    """Head and anchors of one task from its training images and their features."""
+               params: HeadParams = HeadParams(), seed: int = 0, anchors: tuple[str, ...] = ("gmmc", "maha"),
+               maha_share: str = "images") -> TaskKnowledge:
+    """Head and anchors of one task from its training images and their features. MAHA's m images per
+    class are kept as images (``maha_share="images"``, the paper's) or as their rows of ``features``
+    (``"features"``)."""
     if len(features) != len(data):
         raise ConfigError(f"task {name}: {len(features)} feature rows for {len(data)} images")
     c = data.num_classes
@@ -97,7 +99,10 @@ def learn_task(name: str, data: ImageDataset, features: torch.Tensor, backbone: 
         pick = maha_picks(data.labels, c, params.maha_m, seed)
         knowledge.maha_means = torch.stack([features[data.labels == k].mean(0) if (data.labels == k).any()
                                             else torch.zeros(features.shape[1]) for k in range(c)])
-        knowledge.maha_images = data.images[pick].clone()
+        if maha_share == "features":
+            knowledge.maha_features = features[pick].float().clone()
+        else:
+            knowledge.maha_images = data.images[pick].clone()
         knowledge.maha_labels = data.labels[pick].clone()
     return knowledge
 
@@ -188,6 +193,8 @@ class LLLAgent:
             raise TaskBundleError(f"task {knowledge.task}: shares no MAHA anchors, which mapper {self.mapper} needs")
         if self.mapper == "gmmc" and knowledge.gmmc is None:
             raise TaskBundleError(f"task {knowledge.task}: shares no GMMC anchors, which mapper gmmc needs")
+        if shared_features is None and knowledge.maha_features is not None:
+            shared_features = knowledge.maha_features
         if knowledge.maha_images is not None and shared_features is None:
             shared_features = self.backbone.features(knowledge.maha_images)
         self.bank.append(knowledge)

@@ -68,7 +68,7 @@ def agent_from_run(cfg: LLLConfig, out: str | Path, tasks: list[TaskData], backb
     for i, t in enumerate(tasks):
         k = load_task(Path(out) / "tasks" / f"{i + 1:02d}_{t.name}.safetensors", backbone.cache_id)
         shared = t.f_train[maha_picks(t.train.labels, t.train.num_classes, cfg.maha_m, cfg.seed)] \
-            if k.maha_images is not None else None
+            if k.maha_means is not None else None
         agent.receive(k, shared)
     return agent
 
@@ -247,7 +247,7 @@ def run_lll(cfg: LLLConfig, out: str | Path, data_dir: str | Path | None = None,
             learned += 1
         task_macs.append(dict(k.info.get("macs", {})))
         shared = t.f_train[maha_picks(t.train.labels, t.train.num_classes, cfg.maha_m, cfg.seed)] \
-            if k.maha_images is not None else None
+            if k.maha_means is not None else None
         for agent in agents.values():
             agent.receive(k, shared)
         oracle.append(head_accuracy(k, t))

@@ -94,7 +94,7 @@ class SkillAgent:
             time.sleep(3600)
         anchors = anchors_for(self.cfg.mappers)
         params = HeadParams(self.cfg.head.weight_decay, self.cfg.head.iterations, self.cfg.gmmc_k, self.cfg.maha_m)
-        k = learn_task(task.name, train, feats, self.backbone, params, self.cfg.seed, anchors)
+        k = learn_task(task.name, train, feats, self.backbone, params, self.cfg.seed, anchors, self.cfg.maha_share)
         macs = self.per_image_macs() * len(train) + k.info["macs"]["head"] + (k.gmmc.fit_macs if k.gmmc else 0)
         k.info.update({"task_index": index, "learned_by": self.id, "teacher_macs": macs})
         self._add(k, self._shared_features(k))
@@ -141,13 +141,17 @@ class SkillAgent:
         shared = self._shared_features(k)
         if shared is not None:
             held = sum(len(s) for _, s in self.bank.values() if s is not None) + len(shared)
-            self.costs["student_macs"] += self.per_image_macs() * len(shared) + covariance_macs(held, k.num_features)
+            images = len(shared) if k.maha_images is not None else 0  # received as features: no backbone pass
+            self.costs["student_macs"] += self.per_image_macs() * images + covariance_macs(held, k.num_features)
         self.costs["bundles_received"] += 1
         return k, shared
 
     def _shared_features(self, k: TaskKnowledge) -> torch.Tensor | None:
-        """Features of the MAHA images a bundle carries, computed the same way by the agent that learned
-        the task and by every receiver (one batch, these images only), so that all hold equal bits."""
+        """Features of the MAHA images a bundle carries: as sent (``maha_share: features``), or computed
+        the same way by the agent that learned the task and by every receiver (one batch, these images
+        only), so that all hold equal bits."""
+        if k.maha_features is not None:
+            return k.maha_features
         if k.maha_images is None:
             return None
         with torch.no_grad():

@@ -11,6 +11,44 @@ from exmodel.agents.config import BackboneConfig, BenchmarkConfig, HeadConfig, c
 from exmodel.config import _Strict
 
 
+def balanced_split(sizes: list[int], n: int) -> list[list[int]]:
+    """Tasks (by index) for ``n`` agents with loads (sums of ``sizes``) as even as a greedy start and
+    local search find: the largest tasks first, each to the least-loaded agent; then, while it lowers
+    the larger of the two loads, a task moved from the busiest agent to another, or swapped between
+    them. Deterministic; each agent's tasks in index order."""
+    out: list[list[int]] = [[] for _ in range(n)]
+    load = [0] * n
+    for t in sorted(range(len(sizes)), key=lambda t: (-sizes[t], t)):
+        a = min(range(n), key=lambda a: (load[a], a))
+        load[a] += sizes[t]
+        out[a].append(t)
+    improved = True
+    while improved:
+        improved = False
+        a = max(range(n), key=lambda a: (load[a], -a))
+        best = None  # (new larger load of the pair, move)
+        for b in range(n):
+            if b == a:
+                continue
+            for t in out[a]:
+                for u in [None, *out[b]]:
+                    delta = sizes[t] - (sizes[u] if u is not None else 0)
+                    worse = max(load[a] - delta, load[b] + delta)
+                    if worse < load[a] and (best is None or worse < best[0]):
+                        best = (worse, b, t, u, delta)
+        if best is not None:
+            _, b, t, u, delta = best
+            out[a].remove(t)
+            out[b].append(t)
+            if u is not None:
+                out[b].remove(u)
+                out[a].append(u)
+            load[a] -= delta
+            load[b] += delta
+            improved = True
+    return [sorted(tasks) for tasks in out]
+
+
 class SkillConfig(_Strict):
     name: str = "skill"
     benchmark: BenchmarkConfig = BenchmarkConfig()
@@ -20,9 +58,13 @@ class SkillConfig(_Strict):
     confidence: float = Field(50.0, ge=0)  # `ours`: the heads' weight (chosen on SKILL-mini's validation split)
     gmmc_k: int = Field(25, ge=1, le=1000)
     maha_m: int = Field(5, ge=1, le=1000)
+    # what a task bundle carries of MAHA's m images per class: their features (every agent holds the same
+    # backbone, so these are what a receiver would compute; 5 kB an image at 1,280 floats, and no
+    # backbone pass for the receiver), or the images themselves, as the paper (each receiver computes them)
+    maha_share: Literal["features", "images"] = "features"
     agents: int = Field(2, ge=1, le=1024)
-    # "round_robin" (task t to agent t mod N), "balanced" (the largest tasks first, each to the agent
-    # with the fewest training images so far), or, per agent, the indices of its tasks in order
+    # "round_robin" (task t to agent t mod N), "balanced" (training images split as evenly as
+    # balanced_split finds), or, per agent, the indices of its tasks in order
     assignment: Literal["round_robin", "balanced"] | list[list[int]] = "round_robin"
     backend: Literal["serial", "ray"] = "serial"
     address: str | None = None  # Ray: join this cluster (e.g. "auto" or "10.0.0.5:6379"); None: start one here
@@ -59,12 +101,7 @@ class SkillConfig(_Strict):
         if self.assignment == "balanced":
             if sizes is None or len(sizes) != n_tasks:
                 raise ValueError("balanced assignment needs the size of every task")
-            load, out = [0] * self.agents, [[] for _ in range(self.agents)]
-            for t in sorted(range(n_tasks), key=lambda t: (-sizes[t], t)):
-                a = min(range(self.agents), key=lambda a: (load[a], a))
-                load[a] += sizes[t]
-                out[a].append(t)
-            return [sorted(tasks) for tasks in out]
+            return balanced_split(sizes, self.agents)
         flat = sorted(t for tasks in self.assignment for t in tasks)
         if flat != list(range(n_tasks)):
             raise ValueError(f"assignment must cover the benchmark's {n_tasks} tasks once each, got {flat}")
