@@ -107,33 +107,51 @@ def test_state_bytes_optimizer_state() -> None:
     assert state_bytes(opt) == 32  # one momentum buffer per parameter: 6 + 2 floats
 
 
+def _in_a_fresh_process(code: str) -> dict:
+    """Run ``code`` (which prints one JSON line) in a new Python: a test worker that has already run
+    hundreds of tests may hand a 64 MiB block memory it holds resident, and RSS would not grow (both
+    tests below failed that way in a full parallel run)."""
+    import json
+    import subprocess
+    import sys
+    import textwrap
+
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def test_peak_memory_sees_allocation() -> None:
-    with PeakMemory(device="cpu") as pm:
-        block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched so it is resident
-    del block
-    assert pm.rss_before_bytes is not None and pm.rss_before_bytes > 0
-    assert pm.rss_peak_after_bytes >= pm.rss_peak_before_bytes
+    d = _in_a_fresh_process("""
+        import json
+        import numpy as np
+        from exmodel.evaluation import PeakMemory
+        with PeakMemory(device="cpu") as pm:
+            block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched so it is resident
+        del block
+        print(json.dumps({**pm.as_dict(), "rss_peak_before_bytes": pm.rss_peak_before_bytes}))
+    """)
+    assert d["rss_before_bytes"] is not None and d["rss_before_bytes"] > 0
+    assert d["rss_peak_after_bytes"] >= d["rss_peak_before_bytes"]
     # RSS during the block reached at least "before + most of the array".
-    assert pm.rss_peak_after_bytes >= pm.rss_before_bytes + 60 * 2**20
-    d = pm.as_dict()
+    assert d["rss_peak_after_bytes"] >= d["rss_before_bytes"] + 60 * 2**20
     assert d["cuda_peak_bytes"] is None and d["cuda_before_bytes"] is None
-    assert d["rss_peak_after_bytes"] == pm.rss_peak_after_bytes
 
 
 def test_peak_memory_sampled_increase_sees_a_temporary_allocation():
-    import time
-
-    from exmodel.evaluation.costs import PeakMemory
-
-    with PeakMemory(sample_interval_s=0.002) as pm:
-        # 64 MiB, touched, then freed before exit. Above glibc's largest mmap threshold (32 MiB), so it
-        # is always fresh pages: a smaller block may reuse heap that earlier tests freed, and RSS
-        # would not grow (this failed once in a full run).
-        block = torch.ones(64 * 1024 * 1024 // 4)
-        # Hold it until the sampling thread has run (on a busy machine it may wait for a core), at most 5 s.
-        deadline = time.monotonic() + 5.0
-        while (pm.peak_increase_bytes or 0) < 48 * 1024 * 1024 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        del block
-    assert pm.peak_increase_bytes is not None and pm.peak_increase_bytes >= 48 * 1024 * 1024
-    assert pm.rss_sampled_peak_bytes >= pm.rss_before_bytes + pm.peak_increase_bytes - 1
+    d = _in_a_fresh_process("""
+        import json, time
+        import torch
+        from exmodel.evaluation.costs import PeakMemory
+        with PeakMemory(sample_interval_s=0.002) as pm:
+            block = torch.ones(64 * 1024 * 1024 // 4)  # 64 MiB, touched, then freed before exit
+            # Hold it until the sampling thread has run (on a busy machine it may wait for a core), at most 5 s.
+            deadline = time.monotonic() + 5.0
+            while (pm.peak_increase_bytes or 0) < 48 * 1024 * 1024 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            del block
+        print(json.dumps({"increase": pm.peak_increase_bytes, "sampled": pm.rss_sampled_peak_bytes,
+                          "before": pm.rss_before_bytes}))
+    """)
+    assert d["increase"] is not None and d["increase"] >= 48 * 1024 * 1024
+    assert d["sampled"] >= d["before"] + d["increase"] - 1
