@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from exmodel.evaluation import PeakMemory, Stopwatch, count_macs, state_bytes
+from exmodel.evaluation import Stopwatch, count_macs, state_bytes
 from exmodel.evaluation import costs
 
 
