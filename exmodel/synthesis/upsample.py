@@ -2,10 +2,11 @@
 gradient is needed.
 
 ``F.interpolate(x, scale_factor=2)`` (mode "nearest") copies each pixel into a 2 x 2 block; the same
-values come from a broadcast view copied once, about twice as fast on CPU (64 x 32 x 14 x 14: 8.6 vs
-4.0 ms). Inside a whole generator's training step the view's backward was slower (a DFAD generator's
-step: 71 vs 60 ms), so with gradients ``F.interpolate`` runs, as before; sampling a trained
-generator (no gradients) takes the view (32 vs 20 ms for 64 images).
+values come from repeating every column, then every row (``repeat_interleave``), about 2.4 times as
+fast on CPU (128 x 32 x 14 x 14, 2 threads: 10.8 ms; a broadcast view copied once, the previous way,
+7.9 ms; repeated 4.5 ms). Inside a whole generator's training step a view's backward was slower (a
+DFAD generator's step: 71 vs 60 ms), so with gradients ``F.interpolate`` runs, as before; sampling a
+trained generator (no gradients) repeats. The values are the same bits either way (a test checks).
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ def upsample2(x: torch.Tensor) -> torch.Tensor:
     """``(N, C, H, W) -> (N, C, 2H, 2W)``, each pixel repeated in a 2 x 2 block."""
     if torch.is_grad_enabled() and x.requires_grad:
         return F.interpolate(x, scale_factor=2)
-    n, c, h, w = x.shape
-    return x[:, :, :, None, :, None].expand(n, c, h, 2, w, 2).reshape(n, c, 2 * h, 2 * w)
+    return x.repeat_interleave(2, 3).repeat_interleave(2, 2)
 
 
 class Upsample2(nn.Upsample):
