@@ -154,12 +154,12 @@ def _data(shape, classes, seed, per_class=6, num_classes=10):
     return ImageDataset(images, labels, names, "tiny", (0.5,) * shape[0], (0.25,) * shape[0])
 
 
-def _run_steps(name, info, params, seed=0):
+def _run_steps(name, info, params, seed=0, per_class=6):
     strategy = build_strategy(name, params, info, seed)
     x = torch.rand(5, *info.input_shape, generator=torch.Generator().manual_seed(7))
     at_end = []
     for i, classes in enumerate(info.task_classes):
-        strategy.observe(Step(i, i, classes), None, _data(info.input_shape, classes, i))
+        strategy.observe(Step(i, i, classes), None, _data(info.input_shape, classes, i, per_class))
         with torch.no_grad():
             model = strategy.model.eval()
             at_end.append(forward_with_aux(model, x) if getattr(strategy.params, "aux", False) else (model(x),))
@@ -235,7 +235,7 @@ def test_without_its_additions_m2kd_is_lwf_mc():
     params = {"arch": "lenet_bn", "iterations": 3, "batch_size": 6}
     plain = _run_steps("lwf_mc", info, params)
     bare = _run_steps("m2kd", info, {**params, "multi_model": False, "aux": False, "prune_ratio": None,
-                                     "delegator": False})
+                                     "delegator": False, "cache_teachers": False})
     for a, b in zip(plain[2], bare[2]):
         assert torch.equal(a[0], b[0])
     full = _run_steps("m2kd_noprune", info, params)
@@ -328,3 +328,25 @@ def test_the_delegator_adds_old_class_images_labelled_by_the_previous_model(tmp_
         assert torch.equal(a, b)
     with pytest.raises(ConfigError, match="delegator_params: width: Input should be greater than or equal to 1"):
         build_strategy("m2kd", {"arch": "lenet_bn", "delegator_params": {"width": 0}}, info, 0)
+
+
+@pytest.mark.parametrize("arch,shape,groups,batch", [("lenet_bn", (1, 28, 28), [(0, 1), (2, 3), (4, 5)], 16),
+                                                     ("resnet32", (3, 32, 32), [(0, 1), (2, 3)], 4)])
+def test_teachers_outputs_cached_on_the_training_images_change_no_bit(arch, shape, groups, batch):
+    """Each teacher's outputs on the step's training images are computed once, and only the delegator's
+    rows of a batch go through it again: the same model, bit for bit, as recomputing every batch."""
+    info = _stream(shape, groups)
+    tiny = {"delegator_epochs": 1, "finetune_epochs": 1, "width": 4, "z_dim": 8, "delegator_batch": 4}
+    # a LeNet-BN's convolutions round a batch of fewer than 12 images differently: batches of 16 for it
+    params = {"arch": arch, "iterations": 2, "batch_size": batch, "delegator_params": tiny}
+    per_class = max(4, batch)
+    cached, _, at_end = _run_steps("m2kd", info, params, per_class=per_class)
+    nxt = (10, 11)
+    cached.before_task(Step(len(groups), len(groups), nxt), _data(shape, nxt, 9, per_class=per_class))
+    cached.before_training(_data(shape, nxt, 9, per_class=per_class))
+    logits, aux = next(iter(cached.teacher_cache.values()))
+    assert len(cached.teacher_cache) == len(groups) and logits.shape == (2 * per_class, 2 * len(groups))
+    assert aux is not None and len(aux) == 2 * per_class
+    _, _, again = _run_steps("m2kd", info, {**params, "cache_teachers": False}, per_class=per_class)
+    for a, b in zip(at_end, again):
+        assert all(torch.equal(u, v) for u, v in zip(a, b))

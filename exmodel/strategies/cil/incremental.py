@@ -82,6 +82,10 @@ class IncrementalLearner(Strategy):
         """What the step trains on: the new task's data (iCaRL adds its exemplars)."""
         return data
 
+    def before_training(self, train: ImageDataset) -> None:
+        """After ``before_task``, with the step's training set: every batch's first rows are
+        ``train``'s images ``batch.extra["rows"]``, unchanged (no augmentation here), then replay."""
+
     def replay(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Images in [0, 1] and labels of kept exemplars to add to a batch; ``None``: nothing kept."""
         return None
@@ -119,6 +123,7 @@ class IncrementalLearner(Strategy):
         self.seen += [c for c in step.classes if c not in self.seen]
         self.before_task(step, data)
         train = self.training_set(data)
+        self.before_training(train)
         sample = loop.EpochSampler(len(train), self.params.batch_size, self.generator)
         labels = train.labels.to(self.device)
 
@@ -128,7 +133,7 @@ class IncrementalLearner(Strategy):
             kept = self.replay(len(idx))
             if kept is not None:
                 x, y = torch.cat([x, kept[0].to(self.device)]), torch.cat([y, kept[1].to(self.device)])
-            return loop.Batch(x, y)
+            return loop.Batch(x, y, extra={"rows": idx})
 
         def retrain(fraction: float, what: str) -> loop.LossLog:
             settings = self.settings(len(train))
