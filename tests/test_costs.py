@@ -125,7 +125,7 @@ def test_peak_memory_sees_allocation() -> None:
     d = _in_a_fresh_process("""
         import json
         import numpy as np
-        from exmodel.evaluation import PeakMemory
+        from exmodel.evaluation.costs import PeakMemory
         with PeakMemory(device="cpu") as pm:
             block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched so it is resident
         del block
