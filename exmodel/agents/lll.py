@@ -107,6 +107,16 @@ def learn_task(name: str, data: ImageDataset, features: torch.Tensor, backbone: 
     return knowledge
 
 
+@torch.no_grad()
+def shared_features_of(knowledge: TaskKnowledge, backbone: Backbone) -> torch.Tensor | None:
+    """The features of the m images per class a bundle shares for MAHA: as sent (``maha/features``), or
+    computed from its images in one pass over them alone — the same way by the agent that learned the
+    task and by every receiver, so that all hold equal bits; None without MAHA anchors."""
+    if knowledge.maha_features is not None:
+        return knowledge.maha_features
+    return None if knowledge.maha_images is None else backbone.features(knowledge.maha_images)
+
+
 @dataclass(frozen=True)
 class BiasParams:
     epochs: int = 3
@@ -193,10 +203,8 @@ class LLLAgent:
             raise TaskBundleError(f"task {knowledge.task}: shares no MAHA anchors, which mapper {self.mapper} needs")
         if self.mapper == "gmmc" and knowledge.gmmc is None:
             raise TaskBundleError(f"task {knowledge.task}: shares no GMMC anchors, which mapper gmmc needs")
-        if shared_features is None and knowledge.maha_features is not None:
-            shared_features = knowledge.maha_features
-        if knowledge.maha_images is not None and shared_features is None:
-            shared_features = self.backbone.features(knowledge.maha_images)
+        if shared_features is None:
+            shared_features = shared_features_of(knowledge, self.backbone)
         self.bank.append(knowledge)
         self._shared_features.append(shared_features if shared_features is not None else torch.zeros(0))
         self._precision.clear()

@@ -61,14 +61,18 @@ def task_data(bench, backbone: Backbone, cache: FeatureCache, progress: Progress
     return tasks
 
 
+def shared_rows(t: TaskData, m: int, seed: int) -> torch.Tensor:
+    """The training features of the m images per class task ``t`` shares for MAHA (:func:`maha_picks`)."""
+    return t.f_train[maha_picks(t.train.labels, len(t.train.class_names), m, seed)]
+
+
 def agent_from_run(cfg: LLLConfig, out: str | Path, tasks: list[TaskData], backbone: Backbone, mapper: str,
                    confidence: float = 0.0) -> LLLAgent:
     """An agent holding every task a finished run saved under ``out/tasks`` (validated on load)."""
     agent = LLLAgent(backbone, mapper, confidence)
     for i, t in enumerate(tasks):
         k = load_task(Path(out) / "tasks" / f"{i + 1:02d}_{t.name}.safetensors", backbone.cache_id)
-        shared = t.f_train[maha_picks(t.train.labels, t.train.num_classes, cfg.maha_m, cfg.seed)] \
-            if k.maha_means is not None else None
+        shared = shared_rows(t, cfg.maha_m, cfg.seed) if k.maha_means is not None else None
         agent.receive(k, shared)
     return agent
 
@@ -246,8 +250,7 @@ def run_lll(cfg: LLLConfig, out: str | Path, data_dir: str | Path | None = None,
             save_task(k, path)
             learned += 1
         task_macs.append(dict(k.info.get("macs", {})))
-        shared = t.f_train[maha_picks(t.train.labels, t.train.num_classes, cfg.maha_m, cfg.seed)] \
-            if k.maha_means is not None else None
+        shared = shared_rows(t, cfg.maha_m, cfg.seed) if k.maha_means is not None else None
         for agent in agents.values():
             agent.receive(k, shared)
         oracle.append(head_accuracy(k, t))

@@ -23,16 +23,15 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from exmodel.agents.lll import maha_picks
 from exmodel.agents.mappers import MAHA_M
+from exmodel.agents.sequential import shared_rows
 from exmodel.names.reuse import (HeadTraining, accuracy, concatenated, corrective_per_task, matched_init,
                                  name_matches, name_space, random_head, train_head)
 
 
 def shared_anchors(tasks: Sequence, m: int = MAHA_M, seed: int = 0) -> list[torch.Tensor]:
-    """The features of the m training images per class each task shares for MAHA (the same picks as the
-    LLL agent's, :func:`exmodel.agents.lll.maha_picks`)."""
-    return [t.f_train[maha_picks(t.train.labels, len(t.train.class_names), m, seed)] for t in tasks]
+    """The features of the m training images per class each task shares for MAHA (the LLL agent's picks)."""
+    return [shared_rows(t, m, seed) for t in tasks]
 
 
 def negatives_except(anchors: Sequence[torch.Tensor] | None, keep: Callable[[int], bool]) -> torch.Tensor | None:

@@ -25,7 +25,7 @@ import torch
 
 from exmodel.agents.features import Backbone, FeatureCache, bundle_backbone, lite0_backbone
 from exmodel.agents.knowledge import TaskBundleError, TaskKnowledge, load_task
-from exmodel.agents.lll import HeadParams, LLLAgent, anchors_for, learn_task
+from exmodel.agents.lll import HeadParams, LLLAgent, anchors_for, learn_task, shared_features_of
 from exmodel.fileio import atomic_write_bytes
 from exmodel.skill.config import SkillConfig
 
@@ -97,7 +97,7 @@ class SkillAgent:
         k = learn_task(task.name, train, feats, self.backbone, params, self.cfg.seed, anchors, self.cfg.maha_share)
         macs = self.per_image_macs() * len(train) + k.info["macs"]["head"] + (k.gmmc.fit_macs if k.gmmc else 0)
         k.info.update({"task_index": index, "learned_by": self.id, "teacher_macs": macs})
-        self._add(k, self._shared_features(k))
+        self._add(k, shared_features_of(k, self.backbone))
         self.costs["teacher_macs"] += macs
         data = k.to_bytes(shared_parts(self.cfg.mappers))
         self.current, self.learned = None, self.learned + 1
@@ -138,24 +138,13 @@ class SkillAgent:
             need = "gmmc" if m == "gmmc" else "maha"
             if not needs[need]:
                 raise TaskBundleError(f"task {k.task}: shares no {need.upper()} anchors, which mapper {m} needs")
-        shared = self._shared_features(k)
+        shared = shared_features_of(k, self.backbone)
         if shared is not None:
             held = sum(len(s) for _, s in self.bank.values() if s is not None) + len(shared)
             images = len(shared) if k.maha_images is not None else 0  # received as features: no backbone pass
             self.costs["student_macs"] += self.per_image_macs() * images + covariance_macs(held, k.num_features)
         self.costs["bundles_received"] += 1
         return k, shared
-
-    def _shared_features(self, k: TaskKnowledge) -> torch.Tensor | None:
-        """Features of the MAHA images a bundle carries: as sent (``maha_share: features``), or computed
-        the same way by the agent that learned the task and by every receiver (one batch, these images
-        only), so that all hold equal bits."""
-        if k.maha_features is not None:
-            return k.maha_features
-        if k.maha_images is None:
-            return None
-        with torch.no_grad():
-            return self.backbone.features(k.maha_images)
 
     def _add(self, k: TaskKnowledge, shared: torch.Tensor | None) -> None:
         self.bank[k.task] = (k, shared)
