@@ -102,7 +102,7 @@ def train_site(name: str, data_dir: Path, out: Path, epochs: int, limit: int | N
     torch.export.save(program, out / f"{name}.pt2")
     description = {"classes": site["digits"], "mean": [site["mean"]], "std": [site["std"]],
                    "input_shape": [1, 28, 28], "test_accuracy": accuracy, "train_images": len(x),
-                   "epochs": epochs, "seed": seed}
+                   "epochs": epochs, "seed": seed, "threads": torch.get_num_threads()}
     (out / f"{name}.json").write_text(json.dumps(description, indent=2) + "\n")
     return description
 
@@ -115,7 +115,10 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="train images per site (default: all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sites", default="mlp,cnn")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads; the trained weights depend on it, one gives the same on every run")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     for name in args.sites.split(","):
         d = train_site(name, args.data_dir, args.out, args.epochs, args.limit, args.seed)
