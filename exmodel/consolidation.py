@@ -195,7 +195,8 @@ def consolidate(experts: Sequence[Expert | str | Path], out: str | Path | None =
     seen = sorted({c for card in cards for c in card.trained_class_ids})
     result = learner.as_expert(
         seen, class_names=class_names, name=Path(out).name if out is not None else "consolidated",
-        training={"method": SOURCES[source], "source": source, "source_choice": reason, "seed": seed, "experts": [c.name for c in cards],
+        training={"method": SOURCES[source], "source": source, "source_choice": reason, "seed": seed,
+                  "torch_threads": torch.get_num_threads(), "experts": [c.name for c in cards],
                   "expert_sha256": [c.weights_sha256 for c in cards], **settings},
         library_version=__version__, created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     card = result.card

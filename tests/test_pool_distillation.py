@@ -154,6 +154,7 @@ def test_consolidate_on_the_pool_reports_agreement_and_is_deterministic(small_gl
     assert set(report) == {"mlp", "cnn"}
     assert sum(r["samples"] for r in report.values()) <= 24  # of the 10 % held out, those owned with p >= 0.9
     assert training["borrowed_statistics"] == {}
+    assert training["torch_threads"] == torch.get_num_threads()  # results depend on it: the card says it
     with pytest.warns(UserWarning):
         again = consolidate(experts, source="pool", arch="mlp", arch_kwargs={"hidden": [8]}, params=params, seed=0,
                             min_agreement=1.01)
